@@ -1,0 +1,196 @@
+"""The ``mgr`` command line. Logging is configured here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from medground import __version__
+from medground.config.errors import ConfigError
+
+logger = logging.getLogger("medground")
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mgr")
+@click.option("-v", "--verbose", count=True, help="Log debug messages too.")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+def main(verbose: int, quiet: bool) -> None:
+    """MedGround: verified referring-grounding data from expert segmentations."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    _configure_logging(verbose, quiet)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Output folder; the run writes into OUT/<dataset name>/.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder, replacing the manifest's root.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N paired images (in sorted path order).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of every random choice; default: the manifest's seed.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images per batch; memory grows with it, and a killed run resumes "
+    "after the last finished batch.",
+)
+@click.option("--no-preview", is_flag=True, help="Skip the PNG contact sheets.")
+def run(
+    manifest: Path,
+    out_dir: Path,
+    root: Path | None,
+    limit: int | None,
+    seed: int | None,
+    batch_size: int,
+    no_preview: bool,
+) -> None:
+    """Run the whole pipeline for one dataset manifest."""
+    from medground.runner import RunError, RunOptions
+    from medground.runner import run as run_pipeline
+
+    options = RunOptions(
+        out_dir=out_dir,
+        root=root,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        previews=not no_preview,
+    )
+    try:
+        summary = run_pipeline(manifest, options)
+    except ConfigError as exc:
+        _fail(f"invalid configuration:\n{exc}")
+        return
+    except RunError as exc:
+        _fail(f"run failed: {exc}")
+        return
+    resumed = f", {summary.resumed_batches} batch(es) reused" if summary.resumed_batches else ""
+    click.echo(
+        f"{summary.out}: {summary.accepted} records accepted, {summary.rejected} rejections "
+        f"from {summary.images} images in {summary.seconds:.1f} s{resumed}; see "
+        f"{summary.out / 'report.md'}"
+    )
+
+
+@main.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder, replacing each manifest's root.",
+)
+@click.option(
+    "--skip-root-check",
+    is_flag=True,
+    help="Do not require the dataset root to exist (checks the files only).",
+)
+def validate(manifests: tuple[Path, ...], root: Path | None, skip_root_check: bool) -> None:
+    """Check manifests with their rule, cue and phrasing files, without reading images."""
+    from medground.runner import load_pipeline
+
+    failures = 0
+    for path in manifests:
+        override = root
+        if skip_root_check and override is None:
+            override = Path.cwd()
+        try:
+            pipeline = load_pipeline(path, override)
+        except ConfigError as exc:
+            failures += 1
+            click.echo(str(exc), err=True)
+            continue
+        click.echo(
+            f"{path}: ok ({len(pipeline.rules.rules)} rules, "
+            f"{len(pipeline.loaded.manifest.classes)} classes)"
+        )
+    if failures:
+        _fail(f"{failures} of {len(manifests)} manifest(s) have problems")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--n",
+    "count",
+    type=click.IntRange(min=1),
+    default=24,
+    show_default=True,
+    help="Number of accepted records, and of rejections, to draw.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+def preview(run_dir: Path, count: int, seed: int) -> None:
+    """Draw PNG contact sheets of a run's records and rejections into RUN_DIR/preview/."""
+    from medground.preview import write_previews
+
+    if not (run_dir / "records.jsonl").is_file():
+        _fail(
+            f"{run_dir}: no records.jsonl here; pass the folder 'mgr run' wrote, e.g. out/<dataset>"
+        )
+    paths = write_previews(run_dir, n=count, seed=seed)
+    for path in paths:
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--images",
+    "count",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Number of synthetic images to write.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
+def demo(directory: Path, count: int, seed: int) -> None:
+    """Write a synthetic dataset (images, label masks, manifest) for a first run."""
+    from medground.demo import write_demo
+
+    manifest = write_demo(directory, count=count, seed=seed)
+    click.echo(f"wrote {count} images and {manifest}; next: mgr run {manifest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The per-image stages: load, decode masks, find objects, select targets.
+
+:func:`process_image` is a pure function of an :class:`ImageItem` and the run's static
+settings, and returns plain rows, so it runs unchanged in a process pool or on Dask.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medground.config.cues import CueThresholds
+from medground.config.manifest import Manifest
+from medground.geometry import (
+    Components,
+    find_components,
+    keep_components,
+    measure_labels,
+    shape_descriptors,
+)
+from medground.io.masks import ClassMask, MaskError, decode_masks
+from medground.io.pairing import ImageItem
+from medground.io.raster import RasterError, read_raster
+from medground.targets import RELATIONS, mark_relations, select_targets
+
+
+@dataclass
+class ImageResult:
+    """Everything one image produced: object and target rows, rejections, timings."""
+
+    index: int
+    image_key: str
+    image: str
+    image_path: str
+    masks: list[str]
+    width: int = 0
+    height: int = 0
+    sha256: str = ""
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def reject(self, stage: str, rule_id: str, message: str, key: str | None = None) -> None:
+        """Record a rejection of this image or of one of its parts."""
+        self.rejections.append(
+            {
+                "key": key or self.image_key,
+                "image_key": self.image_key,
+                "stage": stage,
+                "rule_id": rule_id,
+                "message": message,
+            }
+        )
+
+
+@dataclass
+class _Object:
+    row: dict[str, Any]
+    components: Components
+    component_ids: list[int]
+
+
+def image_key_for(dataset: str, item: ImageItem) -> str:
+    """Return the readable id prefix of an image: ``<dataset>/<case>``."""
+    return f"{dataset}/{item.case_id}"
+
+
+def process_image(
+    item: ImageItem, manifest: Manifest, root: Path, cues: CueThresholds
+) -> ImageResult:
+    """Run load, objects and target selection for one image."""
+    key = image_key_for(manifest.name, item)
+    result = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
+    clock = time.perf_counter()
+
+    try:
+        raster = read_raster(root / item.image)
+    except RasterError as exc:
+        result.reject("load", "load.unreadable_image", str(exc))
+        return result
+    result.height, result.width = raster.height, raster.width
+    result.sha256 = raster.sha256
+    try:
+        class_masks, skipped = decode_masks(
+            manifest, root, item.masks, item.placeholders, (raster.height, raster.width)
+        )
+    except MaskError as exc:
+        result.reject("load", f"load.{exc.rule_id}", str(exc))
+        return result
+    for skip in skipped:
+        result.reject("load", f"load.{skip.rule_id}", skip.message, key=f"{key}/{skip.file}")
+    now = time.perf_counter()
+    result.timings["load"] = now - clock
+    clock = now
+
+    objects = _find_objects(result, manifest, class_masks)
+    now = time.perf_counter()
+    result.timings["objects"] = now - clock
+    clock = now
+    if not objects:
+        return result
+
+    rows = [o.row for o in objects]
+    mark_relations(rows, cues.relations)
+    rng = random.Random(f"{manifest.seed}:{key}")
+    result.targets = select_targets(rows, manifest, rng)
+    described = {oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]}
+    for obj in objects:
+        if obj.row["object_id"] in described:
+            _describe(obj)
+    result.objects = rows
+    result.timings["targets"] = time.perf_counter() - clock
+    return result
+
+
+def _find_objects(
+    result: ImageResult, manifest: Manifest, class_masks: list[ClassMask]
+) -> list[_Object]:
+    if not any(cm.mask.any() for cm in class_masks):
+        files = ", ".join(result.masks) or "(none)"
+        result.reject(
+            "objects",
+            "objects.empty_mask",
+            f"mask file(s) {files} contain no foreground: the image has no target",
+        )
+        return []
+
+    height, width = result.height, result.width
+    default_min = manifest.objects.min_object_px
+    found: list[_Object] = []
+    for class_mask in class_masks:
+        min_px = class_mask.min_object_px if class_mask.min_object_px is not None else default_min
+        components = find_components(class_mask.mask, manifest.objects.connectivity)
+        small = components.area < min_px
+        for index in np.flatnonzero(small):
+            box = components.bbox_xyxy[index].tolist()
+            result.reject(
+                "objects",
+                "objects.min_object_size",
+                f"component of {int(components.area[index])} px at {box} in "
+                f"{', '.join(class_mask.files)} ({class_mask.class_name}) is below "
+                f"min_object_px={min_px}; removed",
+                key=f"{result.image_key}/removed/{class_mask.class_name}/{box[0]}-{box[1]}",
+            )
+        kept = keep_components(components, ~small)
+        if len(kept) == 0:
+            continue
+        if class_mask.instances == "file":
+            merged = (kept.labels > 0).astype(np.int32)
+            file_object = measure_labels(merged, 1)
+            found.append(_object_row(result, class_mask, file_object, 0, [1]))
+        else:
+            for index in range(len(kept)):
+                found.append(_object_row(result, class_mask, kept, index, [index + 1]))
+
+    if not found:
+        result.reject(
+            "objects",
+            "objects.no_object_above_min_size",
+            f"every component in {', '.join(result.masks)} is below the minimum object size; "
+            "the image has no target",
+        )
+        return []
+
+    _number_and_rank(found, width, height)
+    return found
+
+
+def _object_row(
+    result: ImageResult, class_mask: ClassMask, comps: Components, index: int, ids: list[int]
+) -> _Object:
+    x0, y0, x1, y1 = (int(v) for v in comps.bbox_xyxy[index])
+    area = int(comps.area[index])
+    cx, cy = (float(v) for v in comps.centroid_xy[index])
+    width, height = result.width, result.height
+    row: dict[str, Any] = {
+        "image_key": result.image_key,
+        "class": class_mask.class_name,
+        "source_files": list(class_mask.files),
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "box_w": x1 - x0,
+        "box_h": y1 - y0,
+        "aspect": (x1 - x0) / (y1 - y0),
+        "area": area,
+        "area_frac": area / (width * height),
+        "cx": cx,
+        "cy": cy,
+        "cx_frac": cx / width,
+        "cy_frac": cy / height,
+        "touches_border": x0 == 0 or y0 == 0 or x1 == width or y1 == height,
+        "eccentricity": None,
+        "orientation_deg": None,
+        "solidity": None,
+        "circularity": None,
+    }
+    return _Object(row, comps, ids)
+
+
+def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
+    """Give readable ids (``<class>-<k>`` in reading order) and ranks within each class."""
+    by_class: dict[str, list[_Object]] = {}
+    for obj in found:
+        by_class.setdefault(obj.row["class"], []).append(obj)
+    for name, group in by_class.items():
+        group.sort(key=lambda o: (o.row["y0"], o.row["x0"], -o.row["area"]))
+        for k, obj in enumerate(group, start=1):
+            obj.row["object_id"] = f"{name}-{k}"
+            obj.row["class_count"] = len(group)
+        for column, rank_key, descending in (
+            ("size_rank", "area", True),
+            ("x_rank", "cx", False),
+            ("y_rank", "cy", False),
+        ):
+            ordered = sorted(group, key=lambda o: o.row[rank_key], reverse=descending)
+            for rank, obj in enumerate(ordered, start=1):
+                obj.row[column] = rank
+        for relation in RELATIONS:
+            for obj in group:
+                obj.row[f"is_{relation}"] = False
+    found.sort(key=lambda o: (o.row["class"], o.row["y0"], o.row["x0"]))
+
+
+def _describe(obj: _Object) -> None:
+    row = obj.row
+    labels = obj.components.labels[row["y0"] : row["y1"], row["x0"] : row["x1"]]
+    crop = np.isin(labels, obj.component_ids)
+    shape = shape_descriptors(crop)
+    row["eccentricity"] = shape.eccentricity
+    row["orientation_deg"] = shape.orientation_deg
+    row["solidity"] = shape.solidity
+    row["circularity"] = shape.circularity

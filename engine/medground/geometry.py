@@ -1,0 +1,168 @@
+"""Masks to objects: connected components, tight boxes and per-object measurements.
+
+All arrays are ``(H, W)``. Boxes are ``bbox_xyxy`` in pixels of the original image,
+continuous and half-open: a single pixel at column 3, row 5 is ``[3, 5, 4, 6]``.
+Centroids use the same continuous frame, so that pixel's centroid is ``(3.5, 5.5)``.
+
+Cheap measurements (area, box, centroid) are computed for every component at once from
+the label image with ``np.bincount``; the costly shape descriptors (eccentricity,
+orientation, solidity, circularity) are computed per object, only for objects that a
+target refers to (:func:`shape_descriptors`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from skimage.measure import label as label_components
+
+
+@dataclass(frozen=True)
+class Components:
+    """Connected components of one binary mask, measured together.
+
+    ``bbox_xyxy`` is ``(N, 4)`` int64; ``area`` ``(N,)`` int64; ``centroid_xy`` ``(N, 2)``
+    float64. ``labels`` is the ``(H, W)`` int32 label image (0 = background, i = row i-1).
+    """
+
+    labels: np.ndarray
+    area: np.ndarray
+    bbox_xyxy: np.ndarray
+    centroid_xy: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.area.shape[0])
+
+
+def find_components(mask: np.ndarray, connectivity: int) -> Components:
+    """Label the connected components of a boolean ``(H, W)`` mask and measure each.
+
+    Args:
+        mask: boolean foreground, ``(H, W)``.
+        connectivity: 1 for 4-connected, 2 for 8-connected neighbourhoods.
+    """
+    labels, count = label_components(mask, connectivity=connectivity, return_num=True)
+    labels = labels.astype(np.int32, copy=False)
+    return measure_labels(labels, count)
+
+
+def measure_labels(labels: np.ndarray, count: int) -> Components:
+    """Measure area, tight box and centroid of labels ``1..count`` in one pass each."""
+    if count == 0:
+        return Components(
+            labels, np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros((0, 2))
+        )
+    width = labels.shape[1]
+    flat = labels.ravel()
+    foreground = np.flatnonzero(flat)
+    ids = flat[foreground]
+    rows, cols = np.divmod(foreground, width)
+    area = np.bincount(ids, minlength=count + 1)[1:]
+    sum_x = np.bincount(ids, weights=cols, minlength=count + 1)[1:]
+    sum_y = np.bincount(ids, weights=rows, minlength=count + 1)[1:]
+    centroid = np.stack([sum_x / area + 0.5, sum_y / area + 0.5], axis=1)
+
+    boxes = np.zeros((count, 4), np.int64)
+    for index, slices in enumerate(ndimage.find_objects(labels, max_label=count)):
+        if slices is not None:
+            row_slice, col_slice = slices
+            boxes[index] = (col_slice.start, row_slice.start, col_slice.stop, row_slice.stop)
+    return Components(labels, area.astype(np.int64), boxes, centroid)
+
+
+def keep_components(components: Components, keep: np.ndarray) -> Components:
+    """Return the components where ``keep`` is true, relabelled ``1..k`` in order."""
+    keep = np.asarray(keep, bool)
+    if keep.all():
+        return components
+    lookup = np.zeros(len(components) + 1, np.int32)
+    lookup[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return Components(
+        lookup[components.labels],
+        components.area[keep],
+        components.bbox_xyxy[keep],
+        components.centroid_xy[keep],
+    )
+
+
+def union_box(boxes: np.ndarray) -> np.ndarray:
+    """Return the tight box around ``(N, 4)`` boxes."""
+    return np.array(
+        [boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()], np.int64
+    )
+
+
+@dataclass(frozen=True)
+class ShapeDescriptors:
+    """Shape of one object: eccentricity and solidity in [0, 1], orientation in degrees.
+
+    ``orientation_deg`` is the angle of the major axis from the image x axis, in
+    ``[-90, 90)``, positive when the axis turns from +x towards +y (down the image).
+    ``circularity`` is ``4*pi*area / perimeter**2`` with the perimeter estimated from the
+    count of pixel edges scaled by pi/4, capped at 1.
+    """
+
+    eccentricity: float
+    orientation_deg: float
+    solidity: float
+    circularity: float
+    perimeter_px: float
+
+
+def shape_descriptors(object_mask: np.ndarray) -> ShapeDescriptors:
+    """Measure the shape of a boolean ``(h, w)`` crop holding one object."""
+    rows, cols = np.nonzero(object_mask)
+    area = rows.size
+    if area == 0:
+        raise ValueError("shape_descriptors needs a non-empty mask")
+
+    # Second central moments of the pixel squares (each pixel adds 1/12 of variance).
+    x = cols + 0.5
+    y = rows + 0.5
+    mu20 = x.var() + 1 / 12
+    mu02 = y.var() + 1 / 12
+    mu11 = float(((x - x.mean()) * (y - y.mean())).mean())
+    spread = math.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
+    major = (mu20 + mu02) / 2 + spread
+    minor = (mu20 + mu02) / 2 - spread
+    eccentricity = math.sqrt(max(0.0, 1 - minor / major)) if major > 0 else 0.0
+    orientation = math.degrees(0.5 * math.atan2(2 * mu11, mu20 - mu02))
+    if orientation >= 90:
+        orientation -= 180
+
+    padded = np.pad(object_mask, 1)
+    edges = int(np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
+    edges += int(np.count_nonzero(padded[1:, :] != padded[:-1, :]))
+    perimeter = edges * math.pi / 4
+    circularity = min(1.0, 4 * math.pi * area / perimeter**2) if perimeter > 0 else 0.0
+
+    return ShapeDescriptors(
+        eccentricity=eccentricity,
+        orientation_deg=orientation,
+        solidity=_solidity(object_mask, area),
+        circularity=circularity,
+        perimeter_px=perimeter,
+    )
+
+
+def _solidity(object_mask: np.ndarray, area: int) -> float:
+    """Pixel area over the area of the convex hull of the pixel squares' corners."""
+    interior = ndimage.binary_erosion(object_mask)
+    rows, cols = np.nonzero(object_mask & ~interior)
+    corners = np.concatenate(
+        [
+            np.stack([cols, rows], 1),
+            np.stack([cols + 1, rows], 1),
+            np.stack([cols, rows + 1], 1),
+            np.stack([cols + 1, rows + 1], 1),
+        ]
+    )
+    try:
+        hull_area = ConvexHull(corners).volume
+    except QhullError:
+        return 1.0
+    return float(min(1.0, area / hull_area)) if hull_area > 0 else 1.0

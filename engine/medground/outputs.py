@@ -1,0 +1,131 @@
+"""Write a run's output files from its committed state, each one atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from medground.store import RunStore, atomic_path
+
+if TYPE_CHECKING:
+    from medground.runner import Pipeline, RunOptions, RunSummary
+
+logger = logging.getLogger(__name__)
+
+RECORD_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "dataset": pl.String(),
+    "modality": pl.String(),
+    "anatomy": pl.String(),
+    "split": pl.String(),
+    "image_path": pl.String(),
+    "image_width": pl.Int64(),
+    "image_height": pl.Int64(),
+    "query": pl.String(),
+    "task": pl.String(),
+    "targets": pl.List(
+        pl.Struct(
+            {
+                "class": pl.String(),
+                "bbox_xyxy": pl.List(pl.Float64()),
+                "object_ids": pl.List(pl.String()),
+            }
+        )
+    ),
+    "source_json": pl.String(),
+    "cues_json": pl.String(),
+    "verification_json": pl.String(),
+    "provenance_json": pl.String(),
+}
+
+_CHUNK = 10_000
+
+
+def record_row(record: dict[str, Any]) -> dict[str, Any]:
+    """Flatten a record into a row of ``records.parquet``."""
+    return {
+        "id": record["id"],
+        "dataset": record["dataset"],
+        "modality": record["modality"],
+        "anatomy": record.get("anatomy"),
+        "split": record.get("split"),
+        "image_path": record["image"]["path"],
+        "image_width": record["image"]["width"],
+        "image_height": record["image"]["height"],
+        "query": record["query"],
+        "task": record["task"],
+        "targets": [
+            {
+                "class": t["class"],
+                "bbox_xyxy": [float(v) for v in t["bbox_xyxy"]],
+                "object_ids": t["object_ids"],
+            }
+            for t in record["targets"]
+        ],
+        "source_json": json.dumps(record["source"]),
+        "cues_json": json.dumps(record.get("cues", {})),
+        "verification_json": json.dumps(record["verification"]),
+        "provenance_json": json.dumps(record["provenance"]),
+    }
+
+
+def _chunks(lines: Iterator[str]) -> Iterator[list[str]]:
+    while chunk := list(islice(lines, _CHUNK)):
+        yield chunk
+
+
+def write_records(store: RunStore, out: Path) -> int:
+    """Write ``records.jsonl`` and ``records.parquet``, streaming from the store."""
+    count = 0
+    with (
+        atomic_path(out / "records.jsonl") as jsonl_tmp,
+        atomic_path(out / "records.parquet") as parquet_tmp,
+    ):
+        empty = pl.DataFrame(schema=RECORD_TABLE_SCHEMA).to_arrow()
+        with (
+            jsonl_tmp.open("w", encoding="utf-8") as jsonl,
+            pq.ParquetWriter(parquet_tmp, empty.schema) as parquet,
+        ):
+            for chunk in _chunks(store.iter_records()):
+                jsonl.writelines(line + "\n" for line in chunk)
+                rows = [record_row(json.loads(line)) for line in chunk]
+                table = pl.DataFrame(rows, schema=RECORD_TABLE_SCHEMA, orient="row").to_arrow()
+                parquet.write_table(table.cast(empty.schema))
+                count += len(chunk)
+            if count == 0:
+                parquet.write_table(empty)
+    return count
+
+
+def write_outputs(
+    store: RunStore,
+    out: Path,
+    pipeline: Pipeline,
+    options: RunOptions,
+    started: float,
+    resumed: int,
+) -> RunSummary:
+    """Write records, rejections, the report and previews; return the run summary."""
+    from medground.preview import write_previews
+    from medground.report import write_report
+    from medground.runner import RunSummary
+
+    accepted = write_records(store, out)
+    rejected = store.rejections_frame()
+    with atomic_path(out / "rejected.parquet") as temporary:
+        rejected.write_parquet(temporary)
+    stats = store.batch_stats()
+    seconds = time.perf_counter() - started
+    write_report(out, pipeline, stats, rejected, accepted, seconds)
+    if options.previews:
+        write_previews(out, n=options.preview_count, seed=pipeline.seed)
+    images = sum(s["images"] for s in stats)
+    return RunSummary(out, images, accepted, rejected.height, seconds, resumed)

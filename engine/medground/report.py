@@ -1,0 +1,184 @@
+"""The Markdown run report: funnel per stage and rule, distributions, timings, warnings."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from medground import __version__
+from medground.store import write_text_atomic
+
+if TYPE_CHECKING:
+    from medground.runner import Pipeline
+
+_LIST_LIMIT = 50
+
+
+def _sum(stats: list[dict[str, Any]], key: str) -> int:
+    return sum(int(s.get(key, 0)) for s in stats)
+
+
+def _merge(stats: list[dict[str, Any]], key: str) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for s in stats:
+        total.update(s.get(key, {}))
+    return total
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return lines
+
+
+def _distribution(title: str, counts: Counter[str]) -> list[str]:
+    total = sum(counts.values()) or 1
+    rows = [(k, n, f"{100 * n / total:.1f} %") for k, n in counts.most_common()]
+    return [f"### {title}", "", *_table(("value", "count", "share"), rows), ""]
+
+
+def render_report(
+    pipeline: Pipeline,
+    stats: list[dict[str, Any]],
+    rejected: pl.DataFrame,
+    accepted: int,
+    seconds: float,
+) -> str:
+    """Render the report of a finished run."""
+    loaded = pipeline.loaded
+    manifest = loaded.manifest
+    discovery = next((s["discovery"] for s in stats if "discovery" in s), {})
+    lines = [
+        f"# Run report: {manifest.name}",
+        "",
+        f"- manifest: `{loaded.file}` (sha256 `{loaded.sha256[:16]}…`)",
+        f"- dataset root: `{loaded.root}`",
+        f"- modality: {manifest.modality}; anatomy: {manifest.anatomy or 'not given'}; "
+        f"left/right convention: {manifest.orientation}",
+        f"- synthesiser: {pipeline.synthesizer.name}; seed {pipeline.seed}; engine {__version__}",
+        f"- rule files: {', '.join(f'`{p}`' for p in pipeline.rules.files)}",
+        f"- written {datetime.now(UTC).isoformat(timespec='seconds')}, run time {seconds:.1f} s",
+        "- visual judge: skipped (no judge configured); every record says so in "
+        "`verification.judge`",
+        "- cost: 0 USD (offline template synthesiser, no VLM calls)",
+        "",
+        "## Funnel",
+        "",
+    ]
+
+    by_stage = Counter(rejected.get_column("stage").to_list()) if rejected.height else Counter()
+    removed = (
+        int((rejected.get_column("rule_id") == "objects.min_object_size").sum())
+        if rejected.height
+        else 0
+    )
+    funnel = [
+        ("images found", discovery.get("images_found", _sum(stats, "images"))),
+        ("images paired with masks", discovery.get("paired", _sum(stats, "images"))),
+        ("images used (after --limit)", _sum(stats, "images")),
+        ("images decoded", _sum(stats, "images_loaded")),
+        ("images with at least one object", _sum(stats, "images_with_objects")),
+        ("objects (after removing small components)", _sum(stats, "objects")),
+        ("components removed as too small", removed),
+        ("targets", _sum(stats, "targets")),
+        ("query candidates", _sum(stats, "candidates")),
+        ("rejected at format", by_stage.get("format", 0)),
+        ("rejected by rules (one row per rule that fired)", by_stage.get("rules", 0)),
+        ("accepted records", accepted),
+    ]
+    lines += _table(("step", "count"), funnel) + [""]
+
+    lines += ["## Rejections by stage and rule", ""]
+    if rejected.height:
+        grouped = (
+            rejected.group_by(["stage", "rule_id"], maintain_order=True)
+            .agg(
+                pl.len().alias("count"),
+                pl.col("key").first().alias("example"),
+                pl.col("message").first().alias("message"),
+            )
+            .sort(["stage", "count"], descending=[False, True])
+        )
+        rows = [
+            (r["stage"], f"`{r['rule_id']}`", r["count"], f"`{r['example']}`", _short(r["message"]))
+            for r in grouped.iter_rows(named=True)
+        ]
+        lines += _table(("stage", "rule", "count", "example id", "example message"), rows)
+    else:
+        lines.append("No rejections.")
+    lines.append("")
+
+    lines += ["## Unpaired and skipped files", ""]
+    unpaired = discovery.get("unpaired_images", [])
+    masks = discovery.get("unpaired_masks", [])
+    unmatched = discovery.get("unmatched_images", [])
+    lines.append(
+        f"{len(unpaired)} image(s) without a mask, {len(masks)} mask file(s) without "
+        f"an image, {len(unmatched)} image(s) not matching images.pattern."
+    )
+    lines.append("")
+    for image, reason in unpaired[:_LIST_LIMIT]:
+        lines.append(f"- image `{image}`: {reason}")
+    for mask in masks[:_LIST_LIMIT]:
+        lines.append(f"- mask `{mask}`: no image claims it")
+    for image in unmatched[:_LIST_LIMIT]:
+        lines.append(f"- image `{image}`: does not match images.pattern")
+    if max(len(unpaired), len(masks), len(unmatched)) > _LIST_LIMIT:
+        lines.append(f"- … lists cut at {_LIST_LIMIT}; `rejected.parquet` has every file")
+    lines.append("")
+
+    lines += ["## Distributions", ""]
+    lines += _distribution("Objects by class", _merge(stats, "objects_by_class"))
+    lines += _distribution("Objects by size cue", _merge(stats, "objects_by_size"))
+    lines += _distribution("Targets by task", _merge(stats, "targets_by_task"))
+    lines += _distribution("Accepted records by class", _merge(stats, "accepted_by_class"))
+    lines += _distribution("Accepted records by task", _merge(stats, "accepted_by_task"))
+    lines += _distribution("Accepted records by size cue", _merge(stats, "accepted_by_size"))
+
+    lines += ["## Warnings", ""]
+    warned = _warned_rules(Path(pipeline.loaded.file), stats)
+    lines += warned or ["No rule warnings on accepted records."]
+    lines.append("")
+
+    timings = _merge(stats, "timings")
+    images = max(_sum(stats, "images"), 1)
+    lines += [
+        "## Timings",
+        "",
+        "Seconds summed over batches (this run's batches only when it resumed).",
+        "",
+    ]
+    rows = [(stage, f"{t:.3f}", f"{1000 * t / images:.2f}") for stage, t in timings.items()]
+    lines += _table(("stage", "seconds", "ms per image"), rows) + [""]
+    return "\n".join(lines)
+
+
+def _warned_rules(_: Path, stats: list[dict[str, Any]]) -> list[str]:
+    counts = _merge(stats, "warnings_by_rule")
+    return [f"- `{rule}`: {n} accepted record(s)" for rule, n in counts.most_common()]
+
+
+def _short(text: str | None, limit: int = 140) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_report(
+    out: Path,
+    pipeline: Pipeline,
+    stats: list[dict[str, Any]],
+    rejected: pl.DataFrame,
+    accepted: int,
+    seconds: float,
+) -> Path:
+    """Write ``report.md`` atomically and return its path."""
+    path = out / "report.md"
+    write_text_atomic(path, render_report(pipeline, stats, rejected, accepted, seconds))
+    json_path = out / "stats.json"
+    write_text_atomic(json_path, json.dumps(stats, indent=1))
+    return path

@@ -1,0 +1,156 @@
+"""Run state in SQLite and atomic output writers.
+
+Each finished batch is committed in one transaction with its records, rejections and
+statistics, so a run killed at any point resumes after the last committed batch and
+produces the same outputs as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+REJECTION_COLUMNS = (
+    "key",
+    "image_key",
+    "stage",
+    "rule_id",
+    "message",
+    "query",
+    "image_path",
+    "targets_json",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    batch INTEGER PRIMARY KEY, n_images INTEGER NOT NULL, stats TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER NOT NULL, batch INTEGER NOT NULL, id TEXT PRIMARY KEY, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    seq INTEGER NOT NULL, batch INTEGER NOT NULL, key TEXT, image_key TEXT, stage TEXT,
+    rule_id TEXT, message TEXT, query TEXT, image_path TEXT, targets_json TEXT
+);
+CREATE INDEX IF NOT EXISTS rejections_batch ON rejections(batch);
+CREATE INDEX IF NOT EXISTS records_batch ON records(batch);
+"""
+
+
+class RunStore:
+    """The SQLite state of one run folder (``run.sqlite``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(path, timeout=60)
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=NORMAL")
+        self.connection.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.connection.close()
+
+    def fingerprint(self) -> str | None:
+        """Return the fingerprint of the settings the stored batches were made with."""
+        row = self.connection.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+        return row[0] if row else None
+
+    def reset(self, fingerprint: str) -> None:
+        """Forget every batch and record the settings of a fresh run."""
+        with self.connection:
+            for table in ("batches", "records", "rejections"):
+                self.connection.execute(f"DELETE FROM {table}")
+            self.connection.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('fingerprint', ?)", (fingerprint,)
+            )
+
+    def done_batches(self) -> set[int]:
+        """Return the indices of committed batches."""
+        return {row[0] for row in self.connection.execute("SELECT batch FROM batches")}
+
+    def commit_batch(
+        self,
+        batch: int,
+        n_images: int,
+        records: list[dict[str, Any]],
+        rejections: list[dict[str, Any]],
+        stats: dict[str, Any],
+    ) -> None:
+        """Store one finished batch atomically."""
+        with self.connection:
+            self.connection.execute("DELETE FROM records WHERE batch=?", (batch,))
+            self.connection.execute("DELETE FROM rejections WHERE batch=?", (batch,))
+            self.connection.executemany(
+                "INSERT INTO records(seq, batch, id, body) VALUES (?, ?, ?, ?)",
+                [
+                    (i, batch, r["id"], json.dumps(r, ensure_ascii=False))
+                    for i, r in enumerate(records)
+                ],
+            )
+            self.connection.executemany(
+                "INSERT INTO rejections(seq, batch, key, image_key, stage, rule_id, message, "
+                "query, image_path, targets_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (i, batch, *(r.get(c) for c in REJECTION_COLUMNS))
+                    for i, r in enumerate(rejections)
+                ],
+            )
+            self.connection.execute(
+                "INSERT OR REPLACE INTO batches(batch, n_images, stats) VALUES (?, ?, ?)",
+                (batch, n_images, json.dumps(stats)),
+            )
+
+    def iter_records(self) -> Iterator[str]:
+        """Yield record JSON texts in run order."""
+        cursor = self.connection.execute("SELECT body FROM records ORDER BY batch, seq")
+        for (body,) in cursor:
+            yield body
+
+    def rejections_frame(self) -> pl.DataFrame:
+        """Return every rejection in run order."""
+        rows = self.connection.execute(
+            "SELECT " + ", ".join(REJECTION_COLUMNS) + " FROM rejections ORDER BY batch, seq"
+        ).fetchall()
+        return pl.DataFrame(rows, schema=dict.fromkeys(REJECTION_COLUMNS, pl.String), orient="row")
+
+    def batch_stats(self) -> list[dict[str, Any]]:
+        """Return the statistics of every committed batch, in batch order."""
+        return [
+            json.loads(s)
+            for (s,) in self.connection.execute("SELECT stats FROM batches ORDER BY batch")
+        ]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` at once.
+
+    A crash leaves the previous file (or none) and at most a stray ``.tmp`` file, never a
+    half-written file under the final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
