@@ -1,0 +1,94 @@
+"""Components, boxes and shape descriptors, checked on masks with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.draw import disk, ellipse
+
+from medground.geometry import find_components, keep_components, shape_descriptors
+
+
+def test_single_pixel_box_is_half_open() -> None:
+    mask = np.zeros((10, 8), bool)
+    mask[5, 3] = True
+    components = find_components(mask, connectivity=2)
+    assert components.bbox_xyxy.tolist() == [[3, 5, 4, 6]]
+    assert components.centroid_xy.tolist() == [[3.5, 5.5]]
+    assert components.area.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    ("connectivity", "expected"),
+    [pytest.param(1, 2, id="4-connected-splits-diagonal"),
+     pytest.param(2, 1, id="8-connected-joins-diagonal")],
+)
+def test_connectivity_decides_diagonal_neighbours(connectivity: int, expected: int) -> None:
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = mask[1, 1] = True
+    assert len(find_components(mask, connectivity)) == expected
+
+
+def test_boxes_match_numpy_extent() -> None:
+    mask = np.zeros((60, 80), bool)
+    mask[10:20, 5:30] = True
+    mask[40:55, 60:79] = True
+    components = find_components(mask, 2)
+    assert sorted(components.bbox_xyxy.tolist()) == [[5, 10, 30, 20], [60, 40, 79, 55]]
+    assert sorted(components.area.tolist()) == [250, 285]
+
+
+def test_shape_is_height_by_width() -> None:
+    mask = np.zeros((30, 50), bool)
+    mask[2:5, 40:49] = True
+    components = find_components(mask, 2)
+    assert components.labels.shape == (30, 50)
+    assert components.bbox_xyxy.tolist() == [[40, 2, 49, 5]]
+
+
+def test_keep_components_relabels() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0, 0] = True
+    mask[5:8, 5:8] = True
+    components = find_components(mask, 2)
+    kept = keep_components(components, components.area >= 2)
+    assert len(kept) == 1
+    assert int(kept.labels.max()) == 1
+    assert int((kept.labels == 1).sum()) == 9
+
+
+def test_disk_descriptors() -> None:
+    mask = np.zeros((101, 101), bool)
+    mask[disk((50, 50), 40)] = True
+    shape = shape_descriptors(mask)
+    assert shape.eccentricity < 0.1
+    assert shape.solidity > 0.97
+    assert shape.circularity > 0.9
+
+
+def test_ellipse_eccentricity_and_orientation() -> None:
+    mask = np.zeros((120, 200), bool)
+    rows, cols = ellipse(60, 100, 20, 80)  # semi-axes 20 (rows) and 80 (cols)
+    mask[rows, cols] = True
+    shape = shape_descriptors(mask)
+    assert shape.eccentricity == pytest.approx(math.sqrt(1 - (20 / 80) ** 2), abs=0.01)
+    assert abs(shape.orientation_deg) < 1
+
+
+def test_orientation_positive_towards_image_down() -> None:
+    mask = np.eye(40, dtype=bool) | np.eye(40, k=1, dtype=bool)
+    assert shape_descriptors(mask).orientation_deg == pytest.approx(45, abs=2)
+
+
+def test_ring_is_not_solid() -> None:
+    mask = np.zeros((101, 101), bool)
+    mask[disk((50, 50), 40)] = True
+    mask[disk((50, 50), 30)] = False
+    assert shape_descriptors(mask).solidity < 0.6
+
+
+def test_empty_mask_is_an_error() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        shape_descriptors(np.zeros((5, 5), bool))
