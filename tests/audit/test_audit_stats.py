@@ -75,7 +75,9 @@ def test_wilson_interval_rejects_invalid_counts(successes: int, n: int, message:
             id="two_by_two_table",
         ),
         # Total disagreement with balanced marginals: p_o = 0, p_e = 0.5, kappa = -1.
-        pytest.param(["y", "n", "y", "n"], ["n", "y", "n", "y"], 0.0, -1.0, id="total_disagreement"),
+        pytest.param(
+            ["y", "n", "y", "n"], ["n", "y", "n", "y"], 0.0, -1.0, id="total_disagreement"
+        ),
     ],
 )
 def test_cohen_kappa_hand_values(

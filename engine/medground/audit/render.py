@@ -137,14 +137,35 @@ def _draw_outlines(
 def _draw_tags(image: Image.Image, bboxes_xyxy: Sequence[Sequence[float]], scale: float) -> None:
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=14)
-    for index, (x0, y0, _x1, _y1) in enumerate(bboxes_xyxy):
+    for index, (x0, y0, x1, y1) in enumerate(bboxes_xyxy):
         label = str(index + 1)
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         tag_w, tag_h = right - left + 6, bottom - top + 4
-        # Above the box's top-left corner, or inside it when the box touches the top edge.
-        x = max(0, min(image.width - tag_w, math.floor(x0 * scale) - OUTLINE_PX))
-        y = math.floor(y0 * scale) - OUTLINE_PX - tag_h
-        if y < 0:
-            y = math.floor(y0 * scale)
+        x, y = _tag_position(
+            (x0 * scale, y0 * scale, x1 * scale, y1 * scale), (tag_w, tag_h), image.size
+        )
         draw.rectangle((x, y, x + tag_w - 1, y + tag_h - 1), fill=target_color(index))
         draw.text((x + 3 - left, y + 2 - top), label, fill="#000000", font=font)
+
+
+def _tag_position(
+    box: tuple[float, float, float, float], tag_size: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[int, int]:
+    """Place a tag above the box, else below, else left of it; inside only as a last resort.
+
+    The tag should not hide the object, so positions outside the box come first.
+    """
+    (x0, y0, x1, y1), (tag_w, tag_h), (width, height) = box, tag_size, image_size
+    gap = OUTLINE_PX
+    x_aligned = max(0, min(width - tag_w, math.floor(x0) - gap))
+    y_aligned = max(0, min(height - tag_h, math.floor(y0) - gap))
+    candidates = (
+        (x_aligned, math.floor(y0) - gap - tag_h),  # above
+        (x_aligned, math.ceil(y1) + gap),  # below
+        (math.floor(x0) - gap - tag_w, y_aligned),  # left
+        (math.ceil(x1) + gap, y_aligned),  # right
+    )
+    for x, y in candidates:
+        if 0 <= x <= width - tag_w and 0 <= y <= height - tag_h:
+            return x, y
+    return x_aligned, y_aligned

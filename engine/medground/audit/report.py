@@ -27,6 +27,7 @@ from medground.audit.stats import cohen_kappa, wilson_interval
 REPORT_FORMAT = "medground-audit-report"
 DISPUTED = "disputed"
 OUTCOMES = (*VERDICTS, DISPUTED)
+OUTCOME_LABELS = {**VERDICT_LABELS, DISPUTED: "Disputed"}
 
 
 @dataclass
@@ -265,7 +266,7 @@ def _outcome_table(counts: dict[str, int]) -> list[str]:
     lines = ["| verdict | items | share |", "| --- | ---: | ---: |"]
     for name, count in counts.items():
         share = _percent(count / total) if total else "–"
-        lines.append(f"| {VERDICT_LABELS.get(name, name)} | {count} | {share} |")
+        lines.append(f"| {OUTCOME_LABELS[name]} | {count} | {share} |")
     return lines
 
 
@@ -346,6 +347,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_kappa_text(row['kappa'])} | {_kappa_text(row['kappa_correct_vs_error'])} |"
             )
 
+    if report["disagreements"]:
+        lines += ["", "Items the reviewers disagree on, to settle together:", ""]
+        lines += _item_table(report["disagreements"])
+
     lines += [
         "",
         "## Per reviewer",
@@ -367,17 +372,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     if not report["findings"]:
         lines.append("No accepted item was judged wrong and no rejected item was judged correct.")
     else:
-        lines += [
-            "Accepted items not judged correct, and rejected items judged correct.",
-            "",
-            "| item | record | kind | verdicts | comments |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for finding in report["findings"]:
-            verdicts = ", ".join(f"{who}: {v}" for who, v in finding["verdicts"].items())
-            comments = "; ".join(f"{who}: {c}" for who, c in finding["comments"].items())
-            lines.append(
-                f"| {finding['item_id']} | {_cell(finding['record_id'])} | {finding['kind']} | "
-                f"{_cell(verdicts)} | {_cell(comments)} |"
-            )
+        lines += ["Accepted items not judged correct, and rejected items judged correct.", ""]
+        lines += _item_table(report["findings"])
     return "\n".join(lines) + "\n"
+
+
+def _item_table(findings: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| item | record | kind | verdicts | comments |", "| --- | --- | --- | --- | --- |"]
+    for finding in findings:
+        verdicts = ", ".join(f"{who}: {v}" for who, v in finding["verdicts"].items())
+        comments = "; ".join(f"{who}: {c}" for who, c in finding["comments"].items())
+        lines.append(
+            f"| {finding['item_id']} | {_cell(finding['record_id'])} | {finding['kind']} | "
+            f"{_cell(verdicts)} | {_cell(comments)} |"
+        )
+    return lines
