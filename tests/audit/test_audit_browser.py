@@ -137,7 +137,8 @@ def test_review_page_decisions_feed_report(
     assert errors == []
 
     assert alice["pack_id"] == bob["pack_id"] == manifest.pack_id
-    assert alice["reviewer"] == "Alice" and bob["reviewer"] == "Bob"
+    assert alice["reviewer"] == "Alice"
+    assert bob["reviewer"] == "Bob"
     assert [d["verdict"] for d in alice["decisions"]] == ALICE
     assert alice["decisions"][2]["comment"] == "label says left, lesion is right"
     assert [d["item_id"] for d in alice["decisions"]] == [i.item_id for i in manifest.items]

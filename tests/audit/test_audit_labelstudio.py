@@ -144,7 +144,8 @@ def test_round_trip_boxes_and_decisions(pack: Path, tmp_path: Path) -> None:
     result = invoke("import-labelstudio", str(export), "--pack", str(pack))
 
     assert result.exit_code == 0, result.output
-    assert "1 cancelled" in result.output and "1 with corrected boxes" in result.output
+    assert "1 cancelled" in result.output
+    assert "1 with corrected boxes" in result.output
     files = sorted((pack / "decisions").glob("*.json"))
     assert [f.name for f in files] == [
         f"decisions-{manifest.pack_id}-bob-example-org.json",

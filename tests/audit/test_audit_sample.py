@@ -265,7 +265,8 @@ def test_sample_refuses_existing_pack_without_force(make_run: RunFactory, tmp_pa
     replaced = run_sample(str(run_dir), "--n", "2", "--out", str(pack_dir), "--force")
 
     assert refused.exit_code != 0
-    assert "already exists" in refused.output and "--force" in refused.output
+    assert "already exists" in refused.output
+    assert "--force" in refused.output
     assert replaced.exit_code == 0
     assert len(load_manifest(pack_dir).items) == 2
 

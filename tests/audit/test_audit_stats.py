@@ -63,7 +63,7 @@ def test_wilson_interval_rejects_invalid_counts(successes: int, n: int, message:
             1.0,
             id="perfect_agreement",
         ),
-        # Each rater says yes half the time, independently: p_o = p_e = 0.5.
+        # Each rater chooses "y" for half the items, independently: p_o = p_e = 0.5.
         pytest.param(["y", "y", "n", "n"], ["y", "n", "y", "n"], 0.5, 0.0, id="chance_agreement"),
         # 50 items: yes/yes 20, yes/no 5, no/yes 10, no/no 15. p_o = 0.7,
         # p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5, kappa = 0.2 / 0.5 = 0.4.

@@ -66,7 +66,7 @@ def audit_group() -> None:
     type=int,
     default=1024,
     show_default=True,
-    help="Longest side of the rendered images, in pixels; larger images are downscaled.",
+    help="Maximum length of a rendered image's longer side, in pixels; larger ones are downscaled.",
 )
 @click.option(
     "--out",

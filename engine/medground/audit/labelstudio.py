@@ -1,7 +1,7 @@
 """Label Studio interchange: export a pack as import tasks, read an export back as decisions.
 
-Formats follow Label Studio's documented JSON task format: a task has ``data`` and
-``predictions``; a rectangle region is a ``rectanglelabels`` result whose ``value`` holds
+Formats follow Label Studio's documented JSON task format. A task has ``data`` and
+``predictions``. A rectangle region is a ``rectanglelabels`` result whose ``value`` contains
 ``x``, ``y``, ``width`` and ``height`` in percent of the image size, with the image's
 ``original_width`` and ``original_height`` in pixels. An exported task carries its
 ``annotations``, each with a ``result`` list, ``completed_by`` (a user id, or a user object

@@ -2,9 +2,9 @@
 
 The page embeds the items as a JSON data block (no fetch(), so it works from file://),
 and keeps decisions in the browser's localStorage under ``mgr-audit:<pack id>:<reviewer>``.
-The template is rendered in a sandboxed environment with autoescaping; the data block
-goes through Jinja's ``tojson`` filter, which escapes ``<``, ``>``, ``&`` and ``'`` so that
-a query cannot close the script element.
+The template is rendered in a sandboxed environment with autoescaping. The data block
+goes through Jinja's ``tojson`` filter, which escapes ``<``, ``>``, ``&`` and ``'``, so a
+query cannot close the script element.
 """
 
 from __future__ import annotations

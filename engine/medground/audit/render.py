@@ -1,7 +1,7 @@
 """Render an audit item's image with its target boxes (Pillow).
 
 Boxes are drawn in the original pixel frame, then the image is downscaled for the page,
-so a box lands exactly where the record says whatever the page size. The outline lies
+so a box lands exactly where the record states, whatever the page size. The outline lies
 just outside the half-open box ``[x0, y0, x1, y1]`` and leaves the boundary pixels of the
 object visible. Number tags are drawn after downscaling so that they stay legible.
 """
@@ -89,7 +89,8 @@ def render_item_images(
         bboxes_xyxy: Boxes in original pixels, half-open, in target order.
         boxed_path: Output PNG with the boxes and number tags.
         clean_path: Output PNG without boxes, at the same size.
-        max_side: Longest side of the rendered copies in pixels; smaller images keep their size.
+        max_side: Maximum length of the copies' longer side in pixels. Smaller images keep
+            their size.
         expected_size: ``(width, height)`` the record states, checked against the file.
 
     Raises:

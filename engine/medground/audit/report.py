@@ -5,8 +5,9 @@ Rules the numbers follow:
 * An item's consensus verdict is the reviewers' verdict when all who decided it agree,
   and ``disputed`` otherwise. An item counts as correct only with a unanimous
   ``correct``; ``wrong_box``, ``wrong_text``, ``ambiguous`` and ``disputed`` are errors.
-* Accuracy is over accepted items; the false-rejection rate is the share of sampled
-  rejected items whose consensus is ``correct`` (the filters threw away a good sample).
+* Accuracy is computed over accepted items. The false-rejection rate is the share of
+  sampled rejected items whose consensus is ``correct``, where the filters threw away a
+  good sample.
 * Intervals are Wilson 95 % score intervals over items, pooled across strata.
 * Cohen's kappa is computed per pair of reviewers over the items both decided, on the
   four verdicts and on correct versus error.

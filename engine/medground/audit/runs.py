@@ -1,6 +1,6 @@
 """Read the accepted records and the reviewable rejected candidates of a run folder.
 
-A run folder is ``<out>/<dataset>/`` as written by ``mgr run``: ``records.jsonl`` holds
+A run folder is ``<out>/<dataset>/`` as written by ``mgr run``: ``records.jsonl`` contains
 accepted records (``schemas/record.schema.json``), ``rejected.parquet`` the rejected
 candidates. Only rejected rows that carry ``query``, ``image_path`` and ``targets_json``
 can be reviewed; rejections before synthesis have no query and are not sampled.
@@ -28,7 +28,7 @@ REVIEWABLE_REJECTED_COLUMNS = ("query", "image_path", "targets_json")
 
 
 class AuditInputError(ValueError):
-    """An input file of the audit is missing or invalid; the message says how to fix it."""
+    """An input file of the audit is missing or invalid. The message states how to fix it."""
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Candidate:
 
 @dataclass
 class RunContents:
-    """What one run folder offers for sampling, with notes on what had to be skipped."""
+    """Sampling candidates of one run folder, with notes on the rows that were skipped."""
 
     run_dir: Path
     accepted: list[Candidate]
@@ -148,7 +148,7 @@ def load_rejected(run_dir: Path, default_dataset: str) -> tuple[list[Candidate],
     Args:
         run_dir: The run folder.
         default_dataset: Dataset name for rows without a ``dataset`` column (a run folder
-            holds one dataset).
+            contains one dataset).
 
     Returns:
         The reviewable candidates and notes explaining any that were skipped. A missing
@@ -170,11 +170,12 @@ def load_rejected(run_dir: Path, default_dataset: str) -> tuple[list[Candidate],
             "candidates cannot be shown to a reviewer and none were sampled; re-run with an "
             "engine that writes them to estimate the false-rejection rate"
         ]
-    key_column = "key" if "key" in table.columns else "id" if "id" in table.columns else None
-    if key_column is None:
+    key_columns = [name for name in ("key", "id") if name in table.columns]
+    if not key_columns:
         raise AuditInputError(
             f"{rejected_path}: no 'key' or 'id' column; columns are {', '.join(table.columns)}"
         )
+    key_column = key_columns[0]
 
     reviewable = table.filter(pl.col("query").is_not_null() & (pl.col("query") != ""))
     notes: list[str] = []

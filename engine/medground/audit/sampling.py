@@ -1,8 +1,8 @@
 """Stratified random sampling of audit candidates.
 
 Allocation: when the sample is at least as large as the number of strata, every stratum
-gets one item and the rest is shared in proportion to stratum size (largest remainder),
-so small datasets or task types are never left out. With fewer items than strata the
+gets one item, so small datasets or task types are never left out. The rest is shared
+in proportion to stratum size by largest remainder. With fewer items than strata the
 whole sample is shared in proportion and some strata get none. Either way the pooled
 accuracy weights strata close to their share of the run; the one-per-stratum floor
 over-represents strata much smaller than ``population / n``.
