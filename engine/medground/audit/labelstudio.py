@@ -30,6 +30,7 @@ from medground.audit.models import (
     PackItem,
     PackManifest,
     PackTarget,
+    Verdict,
 )
 from medground.audit.runs import AuditInputError
 
@@ -43,7 +44,9 @@ IMAGE_OBJECT = "image"
 BOX_TOLERANCE_PX = 0.5
 
 # Both the stored key ("wrong_box") and the shown label ("Wrong box") map to the verdict.
-_VERDICT_BY_TEXT = {text.casefold(): v for v in VERDICTS for text in (v, VERDICT_LABELS[v])}
+_VERDICT_BY_TEXT: dict[str, Verdict] = {
+    text.casefold(): v for v in VERDICTS for text in (v, VERDICT_LABELS[v])
+}
 
 
 def labeling_config(classes: Sequence[str]) -> str:
@@ -161,7 +164,7 @@ def region_to_target(region: dict[str, Any], item: PackItem, where: str) -> Pack
         raise AuditInputError(
             f"{where}: box value needs numeric x, y, width, height: {value!r}"
         ) from exc
-    return PackTarget(class_name=labels[0], bbox_xyxy=(x0, y0, x1, y1))
+    return PackTarget.model_validate({"class": labels[0], "bbox_xyxy": (x0, y0, x1, y1)})
 
 
 def same_boxes(found: Sequence[PackTarget], expected: Sequence[PackTarget]) -> bool:
@@ -294,7 +297,7 @@ def _annotation_decision(
         summary.cancelled += 1
         return None
 
-    verdict: str | None = None
+    verdict: Verdict | None = None
     comments: list[str] = []
     boxes: list[PackTarget] = []
     for region in annotation.get("result") or []:
@@ -324,14 +327,14 @@ def _annotation_decision(
         task=item.task,
         stage=item.stage,
         rule_id=item.rule_id,
-        verdict=verdict,  # type: ignore[arg-type]
+        verdict=verdict,
         comment="\n".join(comments),
         decided_at=annotation.get("updated_at") or annotation.get("created_at"),
         corrected_targets=corrected,
     )
 
 
-def _parse_verdict(choices: Sequence[Any], where: str) -> str:
+def _parse_verdict(choices: Sequence[Any], where: str) -> Verdict:
     if len(choices) != 1:
         raise AuditInputError(f"{where}: expected one verdict choice, got {list(choices)!r}")
     verdict = _VERDICT_BY_TEXT.get(str(choices[0]).casefold())

@@ -7,13 +7,13 @@ models reject unknown keys so that a hand-edited file with a typo fails at load.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PACK_FORMAT = "medground-audit-pack"
-DECISIONS_FORMAT = "medground-audit-decisions"
-FORMAT_VERSION = 1
+PACK_FORMAT: Final = "medground-audit-pack"
+DECISIONS_FORMAT: Final = "medground-audit-decisions"
+FORMAT_VERSION: Final = 1
 
 Verdict = Literal["correct", "wrong_box", "wrong_text", "ambiguous"]
 # Order of the review buttons and of report columns; keys 1-4 on the page follow it.

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from medground.audit._files import write_text_atomic
 from medground.audit.models import (
+    ItemKind,
     PackImage,
     PackItem,
     PackManifest,
@@ -199,7 +200,12 @@ def _coverage_notes(
         )
     if request.include_rejected > 0:
         reviewable = sum(s.population for s in rejected)
-        if reviewable and request.include_rejected > reviewable:
+        if reviewable == 0:
+            notes.append(
+                "no reviewable rejected candidates were found, so the pack cannot estimate "
+                "the false-rejection rate"
+            )
+        elif request.include_rejected > reviewable:
             notes.append(
                 f"--include-rejected {request.include_rejected} exceeds the {reviewable} "
                 "reviewable rejected candidates; all were taken"
@@ -240,7 +246,7 @@ def _render_item(
 
     return PackItem(
         item_id=item_id,
-        kind=candidate.kind,  # type: ignore[arg-type]
+        kind=candidate.kind,
         record_id=candidate.record_id,
         run_dir=str(candidate.run_dir.resolve()),
         stratum=stratum,
@@ -275,9 +281,9 @@ def _source(run: RunContents, split: str) -> PackSource:
     )
 
 
-def _stratum_counts(strata: Sequence[Stratum], kind: str) -> list[StratumCount]:
+def _stratum_counts(strata: Sequence[Stratum], kind: ItemKind) -> list[StratumCount]:
     return [
-        StratumCount(kind=kind, stratum=s.key, population=s.population, sampled=len(s.chosen))  # type: ignore[arg-type]
+        StratumCount(kind=kind, stratum=s.key, population=s.population, sampled=len(s.chosen))
         for s in strata
     ]
 

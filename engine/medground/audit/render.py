@@ -141,7 +141,7 @@ def _draw_tags(image: Image.Image, bboxes_xyxy: Sequence[Sequence[float]], scale
     for index, (x0, y0, x1, y1) in enumerate(bboxes_xyxy):
         label = str(index + 1)
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        tag_w, tag_h = right - left + 6, bottom - top + 4
+        tag_w, tag_h = math.ceil(right - left) + 6, math.ceil(bottom - top) + 4
         x, y = _tag_position(
             (x0 * scale, y0 * scale, x1 * scale, y1 * scale), (tag_w, tag_h), image.size
         )

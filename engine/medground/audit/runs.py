@@ -18,6 +18,7 @@ import polars as pl
 from jsonschema import Draft202012Validator
 
 from medground.audit._files import sha256_file
+from medground.audit.models import ItemKind
 from medground.resources import load_schema
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class AuditInputError(ValueError):
 class Candidate:
     """An accepted record or a rejected candidate that can be put into an audit pack."""
 
-    kind: str
+    kind: ItemKind
     record_id: str
     run_dir: Path
     dataset: str
