@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import RunFactory
 
 from medground.audit.cli import audit_group
 from medground.audit.pack import load_pack
@@ -37,6 +36,9 @@ pytestmark = [
 
 # What the reviewer Alice decides, item by item; Bob marks every item correct.
 ALICE = ["correct", "wrong_box", "wrong_text", "ambiguous", "correct", "correct"]
+
+# The make_run fixture of conftest.py: writes a run folder and returns its path.
+RunFactory = Callable[..., Path]
 
 
 @pytest.fixture

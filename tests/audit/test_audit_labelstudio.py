@@ -6,12 +6,12 @@ import copy
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import RunFactory
 
 from medground.audit.cli import audit_group
 from medground.audit.labelstudio import import_export, region_to_target
@@ -21,6 +21,9 @@ from medground.audit.runs import AuditInputError
 from medground.audit.stats import wilson_interval
 
 PREFIX = "http://127.0.0.1:8080/pack/"
+
+# The make_run fixture of conftest.py: writes a run folder and returns its path.
+RunFactory = Callable[..., Path]
 
 
 def invoke(*args: str) -> Result:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import RunFactory
 from PIL import Image
 
 from medground.audit.cli import audit_group
 from medground.audit.models import PackManifest
 from medground.audit.render import TARGET_COLORS
 from medground.audit.sampling import allocate, parse_by
+
+# The make_run fixture of conftest.py: writes a run folder and returns its path.
+RunFactory = Callable[..., Path]
 
 
 def run_sample(*args: str) -> Result:
