@@ -192,5 +192,13 @@ def demo(directory: Path, count: int, seed: int) -> None:
     click.echo(f"wrote {count} images and {manifest}; next: mgr run {manifest}")
 
 
+def _register_subcommands() -> None:
+    from medground.audit.cli import audit_group
+
+    main.add_command(audit_group)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()
