@@ -427,3 +427,23 @@ def test_invalid_json_line_names_file_and_line(tmp_path: Path) -> None:
     pred.write_text('{"id": "a", "boxes": []}\n{"id": \n')
     with pytest.raises(PredictionFileError, match=r"pred.jsonl:2: invalid JSON"):
         read_predictions(pred, "json", space="pixels")
+
+
+def test_ms_swift_response_wins_over_input_objects(
+    run: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    run_dir, records = run
+    export_dir = tmp_path / "export"
+    export_records(records, "ms-swift", ExportOptions(out_dir=export_dir))
+    rows = []
+    for row in map(json.loads, (export_dir / "test.jsonl").read_text().splitlines()):
+        # swift infer keeps the input row (objects = ground truth) and adds the response.
+        row["response"] = "[0, 0, 5, 5]"
+        rows.append(row)
+    pred = write_json_predictions(tmp_path / "result.jsonl", rows)
+    result, metrics = run_eval(
+        pred, run_dir, tmp_path / "eval", "--format", "ms-swift", "--markup", "qwen2.5-vl"
+    )
+    assert result.exit_code == 0, result.output
+    assert metrics["model"]["single"]["acc@0.3"] == 0.0
+    assert metrics["unparseable"] == []

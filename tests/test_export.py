@@ -16,6 +16,7 @@ from medground import boxes as box_ops
 from medground.export.cli import export_command
 from medground.export.common import ExportError, ExportOptions, ResizeSettings
 from medground.export.formats import FORMATS, export_records
+from medground.export.markup import MarkupParseError, get_markup
 from medground.export.predictions import read_predictions
 from run_factory import DEFAULT_CASES, make_run, write_png
 
@@ -361,3 +362,51 @@ def test_cli_rejects_duplicate_runs(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "appears in both" in result.output
+
+
+@pytest.mark.parametrize(
+    "case,markup_name,text,expected",
+    [
+        (
+            "qwen2-vl with spaces",
+            "qwen2-vl",
+            "<|box_start|>( 1, 2 ),( 3,4 )<|box_end|>",
+            [[1, 2, 3, 4]],
+        ),
+        (
+            "internvl two boxes",
+            "internvl",
+            "<ref>x</ref><box>[[1, 2, 3, 4], [5, 6, 7, 8]]</box>",
+            [[1, 2, 3, 4], [5, 6, 7, 8]],
+        ),
+        (
+            "json in a fence",
+            "qwen3-vl",
+            '```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}]\n```',
+            [[1, 2, 3, 4]],
+        ),
+        (
+            "truncated json",
+            "qwen2.5-vl",
+            '[{"bbox_2d": [1, 2, 3, 4]}, {"bbox_2d": [5, 6',
+            [[1, 2, 3, 4]],
+        ),
+        ("bare list from ms-swift", "qwen2.5-vl", "[10.5, 20, 30, 40]", [[10.5, 20, 30, 40]]),
+        (
+            "florence two quads",
+            "florence-2",
+            "a<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6><loc_7><loc_8>",
+            [[1, 2, 3, 4], [5, 6, 7, 8]],
+        ),
+    ],
+)
+def test_markup_parse_cases(
+    case: str, markup_name: str, text: str, expected: list[list[float]]
+) -> None:
+    assert get_markup(markup_name).parse(text).tolist() == expected
+
+
+@pytest.mark.parametrize("markup_name", ["qwen2-vl", "internvl", "qwen3-vl", "florence-2"])
+def test_markup_parse_rejects_plain_text(markup_name: str) -> None:
+    with pytest.raises(MarkupParseError, match="found"):
+        get_markup(markup_name).parse("The lesion is in the upper left.")

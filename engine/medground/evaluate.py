@@ -113,7 +113,7 @@ def score_record(
     extra = 0
     if kind == "single":
         iou = float(box_ops.box_iou(pred[:1], gt)[0, 0]) if len(pred) else 0.0
-        true_positives = int(iou >= MATCH_IOU)
+        true_positives = 1 if iou >= MATCH_IOU else 0
         extra = max(len(pred) - 1, 0)
     else:
         true_positives = len(box_ops.match_boxes(pred, gt, MATCH_IOU))
@@ -219,60 +219,66 @@ def _baseline_results(
 # --- Sanity checks --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CheckedPrediction:
+    """A parsed prediction with its record: raw numbers in ``space`` and pixel boxes."""
+
+    space: str
+    record: dict[str, Any]
+    raw: np.ndarray
+    pixels: np.ndarray
+
+
 def _outside_image(boxes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     """Return which boxes extend past the record's image by more than the tolerance."""
     width, height = record["image"]["width"], record["image"]["height"]
     slack = np.array([width, height]) * OUTSIDE_TOLERANCE
     low = (boxes[:, :2] < -slack).any(axis=1)
     high = (boxes[:, 2:] > np.array([width, height]) + slack).any(axis=1)
-    return low | high
+    return np.asarray(low | high)
 
 
-def _mean_target_iou(rows: list[tuple[Prediction, dict[str, Any]]], space: str) -> float:
+def _mean_target_iou(rows: list[CheckedPrediction], space: str) -> float:
     """Mean over targets of the best IoU with any predicted box, reading boxes in ``space``."""
     best: list[float] = []
-    for prediction, record in rows:
-        width, height = record["image"]["width"], record["image"]["height"]
-        boxes = box_ops.space_to_xyxy(prediction.boxes, space, width, height)
-        best.extend(box_ops.box_iou(target_boxes(record), boxes).max(axis=1).tolist())
+    for row in rows:
+        width, height = row.record["image"]["width"], row.record["image"]["height"]
+        boxes = box_ops.space_to_xyxy(row.raw, space, width, height)
+        best.extend(box_ops.box_iou(target_boxes(row.record), boxes).max(axis=1).tolist())
     return float(np.mean(best)) if best else 0.0
 
 
-def sanity_warnings(
-    checked: list[tuple[Prediction, dict[str, Any], np.ndarray]],
-) -> list[str]:
+def sanity_warnings(checked: list[CheckedPrediction]) -> list[str]:
     """Flag predictions that look like they are in a different space than declared.
 
     Args:
-        checked: ``(prediction, record, boxes_xyxy)`` for every parsed prediction with boxes.
+        checked: every parsed prediction with its record.
 
     Returns:
         Warning messages, also logged at WARNING.
     """
     warnings: list[str] = []
-    boxes_total = sum(len(boxes) for _, _, boxes in checked)
+    boxes_total = sum(len(row.pixels) for row in checked)
     if boxes_total == 0:
         return warnings
 
-    outside = 0
-    for _, record, boxes in checked:
-        outside += int(_outside_image(boxes, record).sum())
+    outside = sum(int(_outside_image(row.pixels, row.record).sum()) for row in checked)
     if outside / boxes_total > OUTSIDE_WARN_FRACTION:
-        spaces = sorted({prediction.space for prediction, _, _ in checked})
+        spaces = sorted({row.space for row in checked})
         warnings.append(
             f"{outside} of {boxes_total} predicted boxes fall outside their image after "
             f"reading them as {', '.join(spaces)}; the declared coordinate space is probably "
             "wrong (check --space and --format)"
         )
 
-    pixel_rows = [(p, r) for p, r, _ in checked if p.space == "pixels" and p.boxes is not None]
-    pixel_rows = [(p, r) for p, r in pixel_rows if len(p.boxes)]
+    pixel_rows = [row for row in checked if row.space == "pixels" and len(row.raw)]
     if pixel_rows:
-        raw = np.concatenate([p.boxes for p, _ in pixel_rows])
+        raw = np.concatenate([row.raw for row in pixel_rows])
         small_images = all(
-            max(r["image"]["width"], r["image"]["height"]) < 1000 for _, r in pixel_rows
+            max(row.record["image"]["width"], row.record["image"]["height"]) < 1000
+            for row in pixel_rows
         )
-        overshooting = sum(int(_outside_image(p.boxes, r).sum()) for p, r in pixel_rows)
+        overshooting = sum(int(_outside_image(row.raw, row.record).sum()) for row in pixel_rows)
         if small_images and overshooting and raw.min() >= 0 and raw.max() <= 1000:
             as_pixels = _mean_target_iou(pixel_rows, "pixels")
             as_grid = _mean_target_iou(pixel_rows, "norm1000")
@@ -290,7 +296,7 @@ def sanity_warnings(
                 "fractions of the image size (pass --space norm1)"
             )
 
-    grid = [p.boxes for p, _, _ in checked if p.space == "norm1000" and p.boxes is not None]
+    grid = [row.raw for row in checked if row.space == "norm1000" and len(row.raw)]
     if grid and np.concatenate(grid).max() > 1000:
         warnings.append(
             "predictions declared on the 0..1000 grid contain values above 1000; they may be "
@@ -306,7 +312,7 @@ def sanity_warnings(
 
 
 def _to_pixels(
-    prediction: Prediction, record: dict[str, Any], resize: ResizeSettings
+    prediction: Prediction, raw: np.ndarray, record: dict[str, Any], resize: ResizeSettings
 ) -> np.ndarray:
     width, height = record["image"]["width"], record["image"]["height"]
     resized = None
@@ -321,7 +327,7 @@ def _to_pixels(
                 resize.describe(),
                 computed,
             )
-    return box_ops.space_to_xyxy(prediction.boxes, prediction.space, width, height, resized)
+    return box_ops.space_to_xyxy(raw, prediction.space, width, height, resized)
 
 
 def evaluate(
@@ -378,13 +384,14 @@ def evaluate(
     results: list[RecordResult] = []
     unparseable: list[dict[str, str]] = []
     missing: list[str] = []
-    checked: list[tuple[Prediction, dict[str, Any], np.ndarray]] = []
+    checked: list[CheckedPrediction] = []
     for record in records:
-        prediction = by_id.get(record["id"])
-        if prediction is None:
+        found = by_id.get(record["id"])
+        if found is None:
             missing.append(record["id"])
             results.append(score_record(record, None, status="missing"))
             continue
+        prediction = found
         if prediction.boxes is None:
             unparseable.append(
                 {
@@ -396,14 +403,14 @@ def evaluate(
             results.append(score_record(record, None, status="unparseable"))
             continue
         try:
-            boxes = _to_pixels(prediction, record, resize)
+            boxes = _to_pixels(prediction, prediction.boxes, record, resize)
         except ValueError as exc:
             unparseable.append(
                 {"id": record["id"], "location": prediction.location, "error": str(exc)}
             )
             results.append(score_record(record, None, status="unparseable"))
             continue
-        checked.append((prediction, record, boxes))
+        checked.append(CheckedPrediction(prediction.space, record, prediction.boxes, boxes))
         results.append(score_record(record, boxes))
 
     if missing:

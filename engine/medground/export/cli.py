@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import click
 
 from medground import boxes as box_ops
-from medground.export.common import ExportError, ExportOptions, ResizeSettings
+from medground.export.common import ExportError, ExportOptions, LinkMode, ResizeSettings
 from medground.export.formats import FORMATS, LLAMA_FACTORY_MARKUPS, export_records
 from medground.export.runs import RecordFileError, load_runs
 
@@ -101,7 +102,7 @@ def export_command(
 
     options = ExportOptions(
         out_dir=out_dir,
-        link=link,  # type: ignore[arg-type]
+        link=cast(LinkMode, link),
         markup=markup,
         resize=ResizeSettings(factor=factor, min_pixels=min_pixels, max_pixels=max_pixels),
         run_sources=tuple(path.resolve() for path in run_dirs),

@@ -16,7 +16,8 @@ Sources for each markup (checked against public documentation and reference code
 - ``qwen2.5-vl``: the same JSON in absolute pixels of the image after the processor's
   :func:`~medground.boxes.smart_resize` (Qwen maintainers in QwenLM/Qwen2.5-VL issue 676:
   "absolute coordinates based on the actual input size of the image ... the size after
-  processor").
+  processor"). The parser also reads bare ``[x1, y1, x2, y2]`` lists, which is how
+  ms-swift's Qwen2.5-VL template renders ``<bbox>``.
 - ``florence-2``: ``phrase<loc_x1><loc_y1><loc_x2><loc_y2>`` with bins 0..999
   (transformers ``models/florence2/processing_florence2.py``); the request uses the
   ``<OPEN_VOCABULARY_DETECTION>`` task token, which the processor expands to
@@ -152,16 +153,35 @@ def _collect_bbox_2d(data: Any) -> list[list[float]]:
     return found
 
 
+def _collect_bare_boxes(data: Any) -> list[list[float]]:
+    def is_quad(item: Any) -> bool:
+        return (
+            isinstance(item, list)
+            and len(item) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in item)
+        )
+
+    if is_quad(data):
+        return [[float(value) for value in data]]
+    if isinstance(data, list) and data and all(is_quad(item) for item in data):
+        return [[float(value) for value in item] for item in data]
+    return []
+
+
 def _json_parse(text: str) -> np.ndarray:
     fenced = _JSON_FENCE.search(text)
     body = fenced.group(1) if fenced else text
     try:
-        found = _collect_bbox_2d(json.loads(body))
+        data = json.loads(body)
+        found = _collect_bbox_2d(data) or _collect_bare_boxes(data)
     except json.JSONDecodeError:
         # Generation often stops mid-list; read the complete bbox_2d entries that exist.
         found = [[float(value) for value in match] for match in _BBOX_2D.findall(body)]
     if not found:
-        raise MarkupParseError('no [{"bbox_2d": [x1, y1, x2, y2], ...}] found')
+        # ms-swift's Qwen2.5-VL template writes each <bbox> as a bare "[x1, y1, x2, y2]".
+        found = [[float(value) for value in match] for match in _BRACKETED_QUAD.findall(body)]
+    if not found:
+        raise MarkupParseError('no [{"bbox_2d": [x1, y1, x2, y2], ...}] or [x1, y1, x2, y2] found')
     return np.array(found, dtype=np.float64)
 
 

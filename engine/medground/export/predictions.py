@@ -12,8 +12,10 @@ Where the boxes come from depends on the format:
 - ``hf``: ``bbox_xyxy`` or ``boxes``, pixels.
 - ``refcoco``: ``bbox: [x, y, w, h]`` or ``bboxes: [[x, y, w, h], ...]``, pixels; or the
   export folder itself (``instances.json`` + ``grefs(medground).json``).
-- ``ms-swift``: ``objects.bbox`` with its ``bbox_type`` (``real`` = pixels, ``norm1``), or
-  model text parsed with ``markup``.
+- ``ms-swift``: model text parsed with ``markup`` when a row has any of the text keys
+  below (``swift infer`` result files keep the input ``objects``, which hold the ground
+  truth, so the model's ``response`` must win); otherwise ``objects.bbox`` with its
+  ``bbox_type`` (``real`` = pixels, ``norm1``).
 - ``llama-factory``: model text parsed with ``markup``.
 - ``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``internvl``, ``florence-2``: model text in
   that markup.
@@ -244,7 +246,11 @@ def _row_prediction(
             boxes = _box_list(data["bbox"], row.location, "bbox")
         else:
             raise PredictionFileError(f"{row.location}: missing key 'bbox' or 'bboxes'")
-    elif format_name == "ms-swift" and isinstance(data.get("objects"), dict):
+    elif (
+        format_name == "ms-swift"
+        and isinstance(data.get("objects"), dict)
+        and not any(isinstance(data.get(key), str) for key in TEXT_KEYS)
+    ):
         objects = data["objects"]
         boxes = _box_list(objects.get("bbox"), row.location, "objects.bbox")
         bbox_type = objects.get("bbox_type", "real")
