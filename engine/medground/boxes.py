@@ -136,8 +136,9 @@ def smart_resize(
     ``models/qwen2_vl/image_processing_qwen2_vl.py``, including Python's round-half-to-even
     in the first rounding step.
 
-    NOTE: transformers releases differ for sides shorter than ``factor``: the version
-    followed here raises, later qwen-vl-utils releases raise the side to ``factor``.
+    NOTE: releases differ for very small images. The version followed here raises below
+    ``factor``, other transformers releases raise below 10 px, and qwen-vl-utils raises
+    the side to ``factor`` instead.
 
     Raises:
         ValueError: if a side is shorter than ``factor``, the aspect ratio exceeds 200, or

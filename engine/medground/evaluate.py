@@ -7,7 +7,7 @@ scoring against the records' ``bbox_xyxy``.
 Scoring:
 
 - A record with one target box is scored by the IoU of the **first** predicted box, the
-  model's top answer. Extra boxes are ignored but counted (``extra_box_records``), because
+  model's top-ranked box. Extra boxes are ignored but counted (``extra_box_records``), because
   taking the best of several boxes would reward a model that sprays boxes. Acc@IoU 0.3, 0.5
   and 0.7 and mean IoU are reported; a missing, empty or unparseable prediction counts as
   IoU 0.
@@ -65,20 +65,20 @@ CURVE_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))
 OUTSIDE_TOLERANCE = 0.01
 OUTSIDE_WARN_FRACTION = 0.5
 # Pixel predictions within 0..1000 that overshoot small images look like the 0..1000 grid
-# when reading them as the grid raises their mean IoU with the targets by this much; an
-# ordinary offset error overshoots too but fits worse as the grid.
+# when reading them as the grid raises their mean IoU with the targets by this much. An
+# ordinary offset error overshoots too, but it fits worse when read as the grid.
 GRID_FIT_MARGIN = 0.1
 BREAKDOWN_KEYS = ("dataset", "modality", "class", "task")
 EVAL_SPLITS = ("train", "val", "test", "all")
 
 
 class EvaluationError(ValueError):
-    """An evaluation that cannot run as requested; the message says what to change."""
+    """An evaluation that cannot run as requested. The message names what to change."""
 
 
 @dataclass
 class RecordResult:
-    """How one ground-truth record scored against its prediction."""
+    """Score of one ground-truth record against its prediction."""
 
     id: str
     dataset: str
@@ -321,7 +321,7 @@ def _to_pixels(
         resized = prediction.resized_size or computed
         if prediction.resized_size and prediction.resized_size != computed:
             logger.warning(
-                "%s: row says resized size %s but %s gives %s; using the row's value",
+                "%s: resized size %s in the row differs from %s computed with %s; using the row's",
                 prediction.location,
                 prediction.resized_size,
                 resize.describe(),

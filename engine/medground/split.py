@@ -93,7 +93,7 @@ class FieldGroupKey(BaseModel):
 
 
 class SplitConfig(BaseModel):
-    """How records are split; the ``split:`` block of a manifest."""
+    """Split settings, read from the ``split:`` block of a manifest."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -130,7 +130,7 @@ def _record_label(record: dict[str, Any], index: int) -> str:
 
 
 def group_ids(records: pl.DataFrame | list[dict[str, Any]], config: SplitConfig) -> list[str]:
-    """Read the group id of every record as ``config.group_key`` says.
+    """Read the group id of every record from the field ``config.group_key`` names.
 
     Raises:
         KeyError: if a record lacks the field.

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
     "--markup",
     type=click.Choice(LLAMA_FACTORY_MARKUPS),
     default=None,
-    help="Box markup of the answers, llama-factory only: the model family you fine-tune.",
+    help="Box markup of the assistant responses, llama-factory only: the model family "
+    "you fine-tune.",
 )
 @click.option(
     "--min-pixels",

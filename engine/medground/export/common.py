@@ -25,7 +25,7 @@ LinkMode = Literal["copy", "hardlink"]
 
 
 class ExportError(ValueError):
-    """An export that cannot be written as requested; the message says what to change."""
+    """An export that cannot be written as requested. The message names what to change."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ExportOptions:
 
     out_dir: Path
     link: LinkMode = "copy"
-    # Box markup written into text answers; only llama-factory reads it.
+    # Box markup of the assistant responses, read by llama-factory only.
     markup: str | None = None
     resize: ResizeSettings = field(default_factory=ResizeSettings)
     run_sources: tuple[Path, ...] = ()
@@ -65,7 +65,7 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    """What an export wrote."""
+    """Files and per-split record counts of one export."""
 
     format: str
     out_dir: Path

@@ -1,9 +1,9 @@
 """Export writers, one per training format.
 
-Every writer reads canonical records (pixel ``bbox_xyxy`` of the original image), converts
-boxes with the function named for the target convention in :mod:`medground.boxes`, and
-writes its files plus a README.md that states the coordinate space, image size and the
-source runs. Images are copied or hard-linked under ``images/``; the ``hf`` format embeds
+Every writer reads canonical records (pixel ``bbox_xyxy`` of the original image) and
+converts boxes with the function named for the target convention in :mod:`medground.boxes`.
+It writes its files plus a README.md that states the coordinate space, the image size and
+the source runs. Images are copied or hard-linked under ``images/``; the ``hf`` format embeds
 them in the parquet files instead.
 """
 
@@ -72,13 +72,13 @@ def _image_token_request(markup_name: str, query: str) -> str:
     return "<image>\n" + get_markup(markup_name).render_request(query)
 
 
-def _markup_answer(
+def _markup_response(
     markup_name: str, record: dict[str, Any], resize_size: tuple[int, int] | None
 ) -> str:
     markup = get_markup(markup_name)
     width, height = image_size(record)
     coords = box_ops.xyxy_to_space(target_boxes(record), markup.space, width, height, resize_size)
-    return markup.render_answer(coords, target_labels(record), record["query"])
+    return markup.render_response(coords, target_labels(record), record["query"])
 
 
 # --- medground ----------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def _conversation_rows(
             row["resized_width"], row["resized_height"] = resized
         row["conversations"] = [
             {"from": "human", "value": _image_token_request(markup_name, record["query"])},
-            {"from": "gpt", "value": _markup_answer(markup_name, record, resized)},
+            {"from": "gpt", "value": _markup_response(markup_name, record, resized)},
         ]
         rows.append(row)
     return rows
@@ -274,7 +274,7 @@ def _write_florence(records: list[dict[str, Any]], options: ExportOptions) -> Ex
                     "width": width,
                     "height": height,
                     "prefix": get_markup("florence-2").render_request(record["query"]),
-                    "suffix": _markup_answer("florence-2", record, None),
+                    "suffix": _markup_response("florence-2", record, None),
                 }
             )
         path = options.out_dir / f"{split}.jsonl"
@@ -398,7 +398,7 @@ def _write_llama_factory(records: list[dict[str, Any]], options: ExportOptions) 
                         },
                         {
                             "role": "assistant",
-                            "content": _markup_answer(markup_name, record, resized),
+                            "content": _markup_response(markup_name, record, resized),
                         },
                     ],
                     "images": [store.add(record)],
@@ -533,7 +533,7 @@ def _write_refcoco(records: list[dict[str, Any]], options: ExportOptions) -> Exp
     files = [instances_path, grefs_path, refs_path]
     if len(single_refs) < len(grefs):
         logger.info(
-            "refcoco: %d multi-box records are in %s only; refs(%s).p holds the %d "
+            "refcoco: %d multi-box records are in %s only; refs(%s).p contains the %d "
             "single-box records the REFER API can read",
             len(grefs) - len(single_refs),
             grefs_path.name,

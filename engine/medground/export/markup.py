@@ -3,16 +3,17 @@
 Sources for each markup (checked against public documentation and reference code):
 
 - ``qwen2-vl``: ``<|object_ref_start|>phrase<|object_ref_end|>`` in the request and
-  ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` in the answer, coordinates on the 0..1000 grid
+  ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` in the response, coordinates on the 0..1000 grid
   of the original image (ms-swift ``docs/source_en/Customization/Custom-dataset.md``,
-  "Grounding"; Qwen's fine-tuning tool ``convert_to_qwen2vl_format`` rounds
-  ``x / W * 1000``).
+  "Grounding"; copies of Qwen's ``convert_to_qwen2vl_format`` helper, which QwenLM/Qwen3-VL
+  issue 1486 points to, round ``x / W * 1000``).
 - ``internvl``: request ``Please provide the bounding box coordinate of the region this
-  sentence describes: <ref>phrase</ref>``, answer ``<ref>phrase</ref><box>[[x1, y1, x2,
+  sentence describes: <ref>phrase</ref>``, response ``<ref>phrase</ref><box>[[x1, y1, x2,
   y2]]</box>`` on the 0..1000 grid (InternVL ``internvl_chat/eval/refcoco/
   evaluate_grounding.py``, which divides by 1000 and multiplies by the image size).
 - ``qwen3-vl``: JSON ``[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`` on the 0..1000 grid
-  (Qwen3-VL README: "relative coordinates ranging from 0 to 1000").
+  (the Qwen3-VL README as quoted in QwenLM/Qwen3-VL issue 1741: "relative coordinates
+  ranging from 0 to 1000").
 - ``qwen2.5-vl``: the same JSON in absolute pixels of the image after the processor's
   :func:`~medground.boxes.smart_resize` (Qwen maintainers in QwenLM/Qwen2.5-VL issue 676:
   "absolute coordinates based on the actual input size of the image ... the size after
@@ -40,7 +41,7 @@ _NUMBER = r"(-?\d+(?:\.\d+)?)"
 
 
 class MarkupParseError(ValueError):
-    """A model answer with no box in the expected markup."""
+    """A model response with no box in the expected markup."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Markup:
     name: str
     space: str
     render_request: Callable[[str], str]
-    render_answer: Callable[[np.ndarray, Sequence[str], str], str]
+    render_response: Callable[[np.ndarray, Sequence[str], str], str]
     parse: Callable[[str], np.ndarray]
 
 
@@ -71,7 +72,7 @@ def _qwen2vl_request(query: str) -> str:
     return f"Locate <|object_ref_start|>{query}<|object_ref_end|> in the image."
 
 
-def _qwen2vl_answer(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
+def _qwen2vl_response(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
     return "".join(
         f"<|box_start|>({_format_number(x1)},{_format_number(y1)}),"
         f"({_format_number(x2)},{_format_number(y2)})<|box_end|>"
@@ -100,7 +101,7 @@ def _internvl_request(query: str) -> str:
     )
 
 
-def _internvl_answer(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
+def _internvl_response(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
     quads = ", ".join(
         "[" + ", ".join(_format_number(value) for value in row) + "]" for row in coords
     )
@@ -129,7 +130,7 @@ def _json_request(query: str) -> str:
     )
 
 
-def _json_answer(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
+def _json_response(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
     items = [
         json.dumps({"bbox_2d": [int(value) for value in row], "label": label})
         for row, label in zip(coords, labels, strict=True)
@@ -201,7 +202,7 @@ def florence_phrase(label: str) -> str:
     return cleaned or "region"
 
 
-def _florence_answer(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
+def _florence_response(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
     tokens = box_ops.florence_loc_tokens(coords)
     phrase = florence_phrase(labels[0] if labels else "region")
     return phrase + "".join(tokens)
@@ -215,14 +216,14 @@ def _florence_parse(text: str) -> np.ndarray:
 
 
 MARKUPS: dict[str, Markup] = {
-    "qwen2-vl": Markup("qwen2-vl", "norm1000", _qwen2vl_request, _qwen2vl_answer, _qwen2vl_parse),
+    "qwen2-vl": Markup("qwen2-vl", "norm1000", _qwen2vl_request, _qwen2vl_response, _qwen2vl_parse),
     "internvl": Markup(
-        "internvl", "norm1000", _internvl_request, _internvl_answer, _internvl_parse
+        "internvl", "norm1000", _internvl_request, _internvl_response, _internvl_parse
     ),
-    "qwen3-vl": Markup("qwen3-vl", "norm1000", _json_request, _json_answer, _json_parse),
-    "qwen2.5-vl": Markup("qwen2.5-vl", "resized", _json_request, _json_answer, _json_parse),
+    "qwen3-vl": Markup("qwen3-vl", "norm1000", _json_request, _json_response, _json_parse),
+    "qwen2.5-vl": Markup("qwen2.5-vl", "resized", _json_request, _json_response, _json_parse),
     "florence-2": Markup(
-        "florence-2", "florence-loc", _florence_request, _florence_answer, _florence_parse
+        "florence-2", "florence-loc", _florence_request, _florence_response, _florence_parse
     ),
 }
 

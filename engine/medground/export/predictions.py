@@ -1,6 +1,6 @@
 """Read model predictions written in any export format's layout or markup.
 
-A prediction file holds one row per evaluated record: JSON Lines, a JSON array, or (for
+A prediction file contains one row per evaluated record: JSON Lines, a JSON array, or (for
 ``hf``) parquet. Each row names its record with ``id`` (``record_id`` for RefCOCO refs), or
 rows are paired with the ids of an export file by position (``pair_by_order``), which is
 how LLaMA-Factory's ``generated_predictions.jsonl`` must be read because it has no ids.
@@ -101,7 +101,7 @@ def _iter_files(path: Path) -> list[Path]:
         and not candidate.name.startswith(("grefs(", "."))
     )
     if not files:
-        raise PredictionFileError(f"{path} holds no .jsonl, .json or .parquet prediction file")
+        raise PredictionFileError(f"{path} contains no .jsonl, .json or .parquet prediction file")
     return files
 
 
@@ -264,7 +264,7 @@ def _row_prediction(
         markup_name = markup if format_name in {"ms-swift", "llama-factory"} else format_name
         if markup_name is None:
             raise PredictionFileError(
-                f"{row.location}: format {format_name!r} holds model text; pass --markup "
+                f"{row.location}: format {format_name!r} contains model text; pass --markup "
                 f"({', '.join(MARKUPS)}) to say which model wrote it"
             )
         native = get_markup(markup_name).space
