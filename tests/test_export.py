@@ -18,7 +18,7 @@ from medground.export.common import ExportError, ExportOptions, ResizeSettings
 from medground.export.formats import FORMATS, export_records
 from medground.export.markup import MarkupParseError, get_markup
 from medground.export.predictions import read_predictions
-from run_factory import DEFAULT_CASES, make_run, write_png
+from run_factory import DEFAULT_CASES, Case, make_run, write_png
 
 # Largest allowed |parsed - canonical| per coordinate, as a fraction of the image side.
 # Grid formats lose at most half a grid step; the resized format half a resized pixel.
@@ -410,3 +410,10 @@ def test_markup_parse_cases(
 def test_markup_parse_rejects_plain_text(markup_name: str) -> None:
     with pytest.raises(MarkupParseError, match="found"):
         get_markup(markup_name).parse("The lesion is in the upper left.")
+
+
+def test_qwen25vl_rejects_image_below_patch_factor(tmp_path: Path) -> None:
+    cases = (Case("tiny", "ct", "c1", "a.png", "test", (("dot", (2, 2, 10, 10)),), (20, 40)),)
+    _, records = make_run(tmp_path, cases)
+    with pytest.raises(ExportError, match="smaller than the patch factor 28"):
+        export(records, tmp_path / "export", "qwen2.5-vl")

@@ -37,10 +37,17 @@ class ResizeSettings:
     max_pixels: int = box_ops.QWEN25VL_MAX_PIXELS
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """Return ``(resized_width, resized_height)`` for an original ``width x height``."""
-        resized_height, resized_width = box_ops.smart_resize(
-            height, width, self.factor, self.min_pixels, self.max_pixels
-        )
+        """Return ``(resized_width, resized_height)`` for an original ``width x height``.
+
+        Raises:
+            ExportError: if Qwen2.5-VL's processor would reject the image or the settings.
+        """
+        try:
+            resized_height, resized_width = box_ops.smart_resize(
+                height, width, self.factor, self.min_pixels, self.max_pixels
+            )
+        except ValueError as exc:
+            raise ExportError(f"cannot compute the Qwen2.5-VL resized size: {exc}") from exc
         return resized_width, resized_height
 
     def describe(self) -> str:
