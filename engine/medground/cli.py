@@ -194,8 +194,12 @@ def demo(directory: Path, count: int, seed: int) -> None:
 
 def _register_subcommands() -> None:
     from medground.audit.cli import audit_group
+    from medground.evaluate import eval_command
+    from medground.export.cli import export_command
 
     main.add_command(audit_group)
+    main.add_command(export_command)
+    main.add_command(eval_command)
 
 
 _register_subcommands()

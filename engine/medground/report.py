@@ -139,6 +139,7 @@ def render_report(
     lines += _distribution("Accepted records by class", _merge(stats, "accepted_by_class"))
     lines += _distribution("Accepted records by task", _merge(stats, "accepted_by_task"))
     lines += _distribution("Accepted records by size cue", _merge(stats, "accepted_by_size"))
+    lines += _distribution("Accepted records by split", _merge(stats, "accepted_by_split"))
 
     lines += ["## Warnings", ""]
     warned = _warned_rules(Path(pipeline.loaded.file), stats)

@@ -35,6 +35,7 @@ from medground.extract import ImageResult, image_key_for, process_image
 from medground.io.pairing import Discovery, ImageItem, discover
 from medground.resources import load_schema
 from medground.samples import build_record, sample_row, target_cues
+from medground.split import assign_splits
 from medground.store import RunStore
 from medground.synth.base import ClassInfo, DatasetInfo, SynthesisRequest, Synthesizer
 from medground.synth.template import TemplateSynthesizer
@@ -368,6 +369,10 @@ def run_batch(
             accepted.append(record)
     timings["rules"] += time.perf_counter() - clock
 
+    # Splits hash the group id, so assigning them batch by batch gives the same answer as
+    # assigning them over the whole dataset at once.
+    accepted = assign_splits(accepted, manifest.split)
+
     stats = _batch_stats(results, candidates, accepted, timings)
     return accepted, rejections, stats
 
@@ -429,6 +434,7 @@ def _batch_stats(
         "candidates": len(candidates),
         "accepted_by_class": dict(Counter(t["class"] for r in accepted for t in r["targets"][:1])),
         "accepted_by_task": dict(Counter(r["task"] for r in accepted)),
+        "accepted_by_split": dict(Counter(str(r["split"]) for r in accepted)),
         "accepted_by_size": dict(Counter(str(r["cues"].get("size")) for r in accepted)),
         "warnings_by_rule": dict(
             Counter(rule for r in accepted for rule in r["verification"]["rules"].get("fired", []))

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medground.split import SplitConfig
+
 Modality = Literal[
     "endoscopy",
     "dermoscopy",
@@ -284,6 +286,11 @@ class Manifest(StrictModel):
         description="rule files: names in rules/ or paths relative to this file",
     )
     synthesizer: SynthesizerSpec = SynthesizerSpec()
+    split: SplitConfig = Field(
+        SplitConfig(),
+        description="train/val/test assignment by group (patient or case), so that no group "
+        "appears in two splits; default: each image is its own group, 80/10/10",
+    )
     seed: int = Field(0, description="seed of every random choice in the run")
 
     @model_validator(mode="after")
