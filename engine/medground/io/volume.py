@@ -33,6 +33,7 @@ from medground.io.nifti import read_voxel_file
 from medground.io.orientation import (
     PLANE_AXIS_CODES,
     VoxelData,
+    check_affine,
     plane_image,
     plane_slice_count,
     plane_spacing_mm,
@@ -172,6 +173,8 @@ def _load_canonical_volume(
             f"shape {raw_labels.shape}; they must share one voxel grid. Check that the "
             "pair belongs to the same case and that neither was resampled"
         )
+    check_affine(image_voxels.affine, image_path)
+    check_affine(label_voxels.affine, label_path)
     _check_same_grid(image_voxels, label_voxels)
     check_finite(image, image_path)
 
