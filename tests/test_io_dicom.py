@@ -43,6 +43,7 @@ def ct_slice(study_uid: str, series_uid: str, frame_uid: str, position: int) -> 
     dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
     dataset.file_meta.MediaStorageSOPInstanceUID = sop_uid
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
     dataset.SOPClassUID = CTImageStorage
     dataset.SOPInstanceUID = sop_uid
     dataset.StudyInstanceUID = study_uid
@@ -50,6 +51,7 @@ def ct_slice(study_uid: str, series_uid: str, frame_uid: str, position: int) -> 
     dataset.FrameOfReferenceUID = frame_uid
     for keyword, value in PRIVATE_VALUES.items():
         setattr(dataset, keyword, value)
+
     dataset.PatientSex = "F"
     dataset.StudyTime = "101500"
     dataset.StudyID = "S1"
@@ -61,6 +63,7 @@ def ct_slice(study_uid: str, series_uid: str, frame_uid: str, position: int) -> 
     dataset.InstanceNumber = SLICES - position
     dataset.PatientPosition = "HFS"
     dataset.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+
     dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     dataset.ImagePositionPatient = [-8.0, -6.0, 40.0 + SLICE_GAP_MM * position]
     dataset.PixelSpacing = [0.7, 0.9]
@@ -175,7 +178,7 @@ def test_series_with_shuffled_seg_end_to_end(dicom_case):
         assert item.class_names == {1: "liver", 2: "lesion"}
         assert item.source_image == series_dir
         assert item.source_labels == seg_path
-    # Slice k holds (k * 100) HU; the window maps -510..510 HU to 0..255.
+    # Slice k contains (k * 100) HU, and the window maps -510..510 HU to 0..255.
     expected_grey = [round((k * 100 + 510) / 1020 * 255) for k in (1, 2, 3, 4)]
     assert [int(item.image[0, 0]) for item in slices] == expected_grey
 

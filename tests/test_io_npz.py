@@ -98,6 +98,26 @@ def test_npz_undeclared_label_rejected(tmp_path):
         list(iter_volume_slices(path, path, npz_config()))
 
 
+def test_npz_separate_label_path_rejected(tmp_path, bundle):
+    with pytest.raises(ValueError, match="pass the bundle as both"):
+        list(iter_volume_slices(bundle, tmp_path / "other.npz", npz_config()))
+
+
+def test_npz_fortran_ordered_member_read(tmp_path):
+    path = tmp_path / "fortran.npz"
+    np.savez(
+        path,
+        train_images=np.asfortranarray(colour_images()),
+        train_label=np.asfortranarray(binary_labels()),
+    )
+
+    slices = list(iter_volume_slices(path, path, npz_config()))
+
+    assert [item.index for item in slices] == [1, 3]
+    assert np.array_equal(slices[1].image, colour_images()[3])
+    assert np.array_equal(slices[1].labels, binary_labels()[3])
+
+
 def test_npz_discovery_lists_bundles(tmp_path, bundle):
     found = discover_volume_cases(tmp_path, npz_config())
 

@@ -204,6 +204,19 @@ def test_strategy_choice(tmp_path, fields, expected):
     assert {item.index: item.selected_for for item in slices} == expected
 
 
+def test_every_kth_counts_source_indices(tmp_path):
+    # K grows toward inferior, so source index k is canonical index K - 1 - k.
+    affine = np.diag([1.0, 1.0, -1.0, 1.0])
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[4:8, 4:8, 2:8] = 1
+    image_path = save_nifti(tmp_path / "image.nii.gz", ramp_image(), affine)
+    label_path = save_nifti(tmp_path / "labels.nii.gz", labels, affine)
+
+    slices = list(iter_volume_slices(image_path, label_path, config(strategy="every_kth", k=3)))
+
+    assert [item.index for item in slices] == [3, 6]
+
+
 def test_min_object_counts_components_not_totals(tmp_path):
     # Two 1-voxel objects of label 1 on one slice: 2 mm² in total, but 1 mm² per object.
     labels = np.zeros(SHAPE, dtype=np.uint8)
@@ -291,8 +304,7 @@ def test_singular_affine_rejected(tmp_path):
     header["srow_x"], header["srow_y"], header["srow_z"] = singular[:3]
     image_path = tmp_path / "image.nii.gz"
     nib.save(nib.Nifti1Image(ramp_image(), None, header=header), image_path)
-    label_path = tmp_path / "labels.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), None, header=header), label_path)
+    label_path = save_nifti(tmp_path / "labels.nii.gz", np.zeros(SHAPE, np.uint8), np.eye(4))
 
     with pytest.raises(ValueError, match=r"image\.nii\.gz: affine is not invertible"):
         list(iter_volume_slices(image_path, label_path, config()))
@@ -399,7 +411,9 @@ def test_nrrd_without_space_rejected(tmp_path):
     image_path = tmp_path / "image.nrrd"
     label_path = tmp_path / "labels.nrrd"
     nrrd.write(str(image_path), ramp_image())
-    nrrd.write(str(label_path), np.zeros(SHAPE, np.uint8))
+    nrrd.write(
+        str(label_path), np.zeros(SHAPE, np.uint8), {"space": "RAS", "space directions": np.eye(3)}
+    )
 
     with pytest.raises(ValueError, match=r"image\.nrrd: NRRD space None"):
         list(iter_volume_slices(image_path, label_path, config(format="nrrd")))
@@ -432,7 +446,9 @@ def independent_axial_labels(label_path: Path, index: int) -> np.ndarray:
     """Cut axial slice ``index`` with plain nibabel: rows grow to P, columns to L."""
     image = nib.load(label_path)
     codes = nib.aff2axcodes(image.affine)
-    assert codes[0] in "LR" and codes[1] in "AP" and codes[2] in "SI", codes
+    assert codes[0] in "LR", codes
+    assert codes[1] in "AP", codes
+    assert codes[2] in "SI", codes
     data = np.rint(np.asarray(image.dataobj, dtype=np.float64)).astype(np.int32)
     section = data[:, :, index]
     if codes[0] == "R":

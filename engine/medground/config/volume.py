@@ -80,7 +80,7 @@ class WindowLevel(BaseModel):
 
 
 class NpzConfig(BaseModel):
-    """Which arrays of a MedSegBench-style ``.npz`` bundle to read.
+    """Array keys of a MedSegBench-style ``.npz`` bundle.
 
     MedSegBench bundles store one array pair per split, ``<split>_images`` with shape
     ``(N, H, W)`` or ``(N, H, W, C)`` and ``<split>_label`` with shape ``(N, H, W)``;
@@ -110,10 +110,10 @@ class VolumeConfig(BaseModel):
         format: File format or layout of the images and label maps.
         plane: Slice plane for 3D formats. Stacks (``npz``, ``npy``) have no patient
             orientation, so they reject this key.
-        strategy: ``largest_per_label`` yields, for each label id, the slice where that
-            label covers the largest area; ``every_kth`` yields every ``k``-th slice of the
-            volume (index 0, k, 2k, ...) that has foreground; ``all_foreground`` yields
-            every slice with foreground.
+        strategy: Slice choice. ``largest_per_label`` yields, for each label id, the slice
+            where that label covers the largest area. ``every_kth`` yields every ``k``-th
+            slice of the volume (index 0, k, 2k, ...) that has foreground.
+            ``all_foreground`` yields every slice with foreground.
         k: Step for ``every_kth``.
         min_object_mm2: A label counts as present on a slice only if one of its 2D
             connected components covers at least this area in mm² (in pixels for stacks

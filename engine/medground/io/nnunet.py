@@ -163,6 +163,10 @@ def _discover_msd(root: Path, content: dict[str, Any]) -> VolumeDiscovery:
     cases: list[VolumeCase] = []
     unpaired: list[Path] = []
     for entry in content["training"]:
+        if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
+            raise ValueError(
+                f"{root / 'dataset.json'}: training entry {entry!r} needs 'image' and 'label'"
+            )
         image_path = root / entry["image"]
         label_path = root / entry["label"]
         case_id = image_path.name.removesuffix(".gz").removesuffix(".nii")

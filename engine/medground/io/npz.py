@@ -202,7 +202,7 @@ def _read_npy_header(
         raise ValueError(f"{path}: member {member} uses .npy format {version}; expected 1.0/2.0")
     if dtype.hasobject:
         raise ValueError(
-            f"{path}: member {member} holds Python objects, which are not read because "
+            f"{path}: member {member} contains Python objects, which are rejected because "
             "loading them runs pickle; store numeric arrays"
         )
     return tuple(shape), fortran_order, dtype
@@ -225,7 +225,10 @@ def _iter_member_items(archive: zipfile.ZipFile, member: str, path: Path) -> Ite
                 path,
                 member,
             )
-            yield from np.lib.format.read_array(stream, allow_pickle=False)
+            buffer = stream.read()
+            if len(buffer) != dtype.itemsize * math.prod(shape):
+                raise ValueError(f"{path}: member {member} is truncated; the bundle is damaged")
+            yield from np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F")
             return
 
         item_shape = shape[1:]

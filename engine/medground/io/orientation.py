@@ -43,7 +43,7 @@ PLANE_AXIS_CODES: dict[str, tuple[str, str]] = {
     "sagittal": ("I", "P"),
 }
 
-# Obliquity above which a warning says that reorientation snaps axes without resampling.
+# Obliquity above which a warning reports that axes are snapped without resampling.
 _OBLIQUE_WARN_DEGREES = 1.0
 
 
@@ -131,7 +131,7 @@ def reorient_to_ras(
 
     Returns:
         The (X, Y, Z) RAS+ array (a view of ``array`` where possible), the nibabel
-        orientation ``ornt`` (row i says which canonical axis input axis i became and
+        orientation ``ornt`` (row i gives the canonical axis that input axis i became and
         whether it was flipped) and the voxel spacing in mm along (X, Y, Z).
     """
     check_affine(affine, path)

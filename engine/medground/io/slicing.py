@@ -1,7 +1,7 @@
 """Shared steps that turn voxel data into 2D slices: label ids, display scaling, selection.
 
 The format readers (NIfTI, NRRD, DICOM, npz) differ only in how they load arrays and
-geometry; they all pass through the functions here, so label checks, intensity scaling
+geometry. They all pass through the functions here, so label checks, intensity scaling
 and slice choice behave the same for every format.
 """
 
@@ -113,16 +113,17 @@ def labels_to_ids(
 
     # Convert slab by slab along the first axis to keep the peak memory near one copy.
     ids = np.empty(raw.shape, dtype=np.int32)
+    present: set[int] = set()
     for slab_index in range(raw.shape[0]):
         slab = np.asarray(raw[slab_index])
         if slab.dtype.kind == "f":
             ids[slab_index] = _round_float_labels(slab, tolerance, path, slab_index)
         else:
             ids[slab_index] = _check_integer_range(slab, path)
+        present.update(np.unique(ids[slab_index]).tolist())
 
-    present = np.unique(ids)
     allowed = set(class_names) | {0}
-    unknown = [int(value) for value in present if int(value) not in allowed]
+    unknown = sorted(value for value in present if value not in allowed)
     if unknown:
         raise ValueError(
             f"{path}: label values {unknown[:10]} match no declared id; declared "

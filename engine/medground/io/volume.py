@@ -3,7 +3,8 @@
 :func:`iter_volume_slices` reads one image volume and its label map, reorients both to
 RAS+ from the affine (or DICOM direction cosines), scales intensities to uint8 once per
 volume, chooses slices with the configured strategy and yields them one by one. Only one
-volume is in memory at a time: the caller's next case is read after the generator ends.
+volume is in memory at a time, provided the caller reads the next case after this
+generator ends.
 
 Example:
     >>> config = VolumeConfig(format="nifti", labels={1: "necrosis"}, percentile=(0.5, 99.5))
@@ -69,7 +70,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Maximum difference between the image and label affines (mm, or mm per voxel) that
-# counts as the same grid; larger differences are logged as a warning.
+# counts as the same grid. Larger differences are logged as a warning.
 _AFFINE_TOLERANCE = 1e-3
 
 
@@ -97,8 +98,10 @@ def iter_volume_slices(
         config: The manifest's ``volume:`` block.
 
     Yields:
-        Slices in ascending index order. Axial slices show anterior up and the
-        patient's right on the image left; coronal and sagittal slices show superior up.
+        Slices in ascending ``index`` order (the index in the source voxel array, so
+        ``every_kth`` yields source indices 0, k, 2k, ...). Axial slices show anterior up
+        and the patient's right on the image left. Coronal and sagittal slices show
+        superior up.
 
     Raises:
         ValueError: On mismatched shapes, NaN voxels, non-invertible affines, label values
@@ -110,6 +113,12 @@ def iter_volume_slices(
 
     if config.format == "npz":
         from medground.io.npz import iter_npz_slices
+
+        if label_path != image_path:
+            raise ValueError(
+                f"format 'npz' reads images and labels from one bundle, but the image path "
+                f"is {image_path} and the label path {label_path}; pass the bundle as both"
+            )
 
         yield from iter_npz_slices(image_path, config)
         return
@@ -124,13 +133,21 @@ def iter_volume_slices(
     spacing_mm = plane_spacing_mm(volume.spacing_xyz, plane)
     slice_count = plane_slice_count(volume.labels.shape, plane)
 
+    # Strategies count in source indices, which run against the canonical ones when the
+    # file stores this axis flipped.
+    canonical_index: dict[int, int] = {}
+    axis = 0
+    for index in range(slice_count):
+        axis, source_index = source_slice_index(volume.ornt, volume.labels.shape, plane, index)
+        canonical_index[source_index] = index
     label_slices = (
-        (index, plane_image(volume.labels, plane, index)) for index in range(slice_count)
+        (source_index, plane_image(volume.labels, plane, canonical_index[source_index]))
+        for source_index in sorted(canonical_index)
     )
     chosen = select_slices(label_slices, spacing_mm[0] * spacing_mm[1], config, label_path)
 
-    for index, label_ids in chosen.items():
-        axis, source_index = source_slice_index(volume.ornt, volume.labels.shape, plane, index)
+    for source_index, label_ids in chosen.items():
+        index = canonical_index[source_index]
         yield VolumeSlice(
             image=plane_image(volume.image, plane, index),
             labels=plane_image(volume.labels, plane, index),
@@ -142,17 +159,22 @@ def iter_volume_slices(
             axis_codes=PLANE_AXIS_CODES[plane],
             source_image=image_path,
             source_labels=label_path,
-            class_names=volume.class_names,
+            class_names=dict(volume.class_names),
             selected_for=label_ids,
-            meta=volume.meta,
+            meta=dict(volume.meta),
         )
 
 
 def _load_canonical_volume(
     image_path: Path, label_path: Path, config: VolumeConfig
 ) -> _CanonicalVolume:
-    """Read, check, convert and reorient one image and label pair."""
+    """Read, check, convert and reorient one image and label pair.
+
+    The label map is converted to int32 ids before the image is read, so the raw float
+    labels and the image are never in memory together.
+    """
     meta: dict[str, Any] = {}
+    image_voxels: VoxelData | None = None
     if config.format == "dicom":
         from medground.io.dicom import read_dicom_pair
 
@@ -160,26 +182,28 @@ def _load_canonical_volume(
             image_path, label_path, config
         )
     else:
-        image_voxels = read_voxel_file(image_path)
         label_voxels = read_voxel_file(label_path)
         file_names = _file_class_names(image_path, config)
     class_names = dict(config.labels) if config.labels is not None else file_names
 
-    image = squeeze_to_3d(image_voxels.array, image_path, channel=config.channel)
-    raw_labels = squeeze_to_3d(label_voxels.array, label_path, channel=None)
-    if image.shape != raw_labels.shape:
-        raise ValueError(
-            f"image {image_path} has shape {image.shape} but label map {label_path} has "
-            f"shape {raw_labels.shape}; they must share one voxel grid. Check that the "
-            "pair belongs to the same case and that neither was resampled"
-        )
-    check_affine(image_voxels.affine, image_path)
     check_affine(label_voxels.affine, label_path)
-    _check_same_grid(image_voxels, label_voxels)
-    check_finite(image, image_path)
-
+    label_affine = label_voxels.affine
+    raw_labels = squeeze_to_3d(label_voxels.array, label_path, channel=None)
     labels = labels_to_ids(raw_labels, class_names, config.label_tolerance, label_path)
     del raw_labels, label_voxels
+
+    if image_voxels is None:
+        image_voxels = read_voxel_file(image_path)
+    check_affine(image_voxels.affine, image_path)
+    image = squeeze_to_3d(image_voxels.array, image_path, channel=config.channel)
+    if image.shape != labels.shape:
+        raise ValueError(
+            f"image {image_path} has shape {image.shape} but label map {label_path} has "
+            f"shape {labels.shape}; they must share one voxel grid. Check that the "
+            "pair belongs to the same case and that neither was resampled"
+        )
+    _check_same_grid(image_voxels.affine, image_path, label_affine, label_path)
+    check_finite(image, image_path)
 
     canonical_image, ornt, spacing_xyz = reorient_to_ras(image, image_voxels.affine, image_path)
     canonical_labels, _, _ = reorient_to_ras(labels, image_voxels.affine, label_path)
@@ -206,25 +230,29 @@ def _file_class_names(image_path: Path, config: VolumeConfig) -> dict[int, str]:
     if config.format == "nnunet":
         from medground.io.nnunet import read_nnunet_labels
 
+        # NOTE: assumes the imagesTr/<file> layout. Datasets whose dataset.json lists
+        # files elsewhere (its "dataset" entry) need volume.labels in the manifest.
         return read_nnunet_labels(image_path.parent.parent / "dataset.json")
     raise ValueError(f"format '{config.format}' needs volume.labels")
 
 
-def _check_same_grid(image: VoxelData, labels: VoxelData) -> None:
+def _check_same_grid(
+    image_affine: np.ndarray, image_path: Path, label_affine: np.ndarray, label_path: Path
+) -> None:
     """Raise if image and labels are oriented differently; warn if their affines differ."""
-    if not np.array_equal(io_orientation(image.affine), io_orientation(labels.affine)):
+    if not np.array_equal(io_orientation(image_affine), io_orientation(label_affine)):
         raise ValueError(
-            f"image {image.path} and label map {labels.path} have different orientations "
-            f"(affines\n{image.affine}\nand\n{labels.affine}); resample the label map onto "
+            f"image {image_path} and label map {label_path} have different orientations "
+            f"(affines\n{image_affine}\nand\n{label_affine}); resample the label map onto "
             "the image grid with nearest-neighbour interpolation"
         )
-    if not np.allclose(image.affine, labels.affine, atol=_AFFINE_TOLERANCE):
+    if not np.allclose(image_affine, label_affine, atol=_AFFINE_TOLERANCE):
         logger.warning(
             "%s and %s share a shape and orientation but their affines differ by up to "
             "%.3g; labels are matched voxel by voxel",
-            image.path,
-            labels.path,
-            float(np.max(np.abs(image.affine - labels.affine))),
+            image_path,
+            label_path,
+            float(np.max(np.abs(image_affine - label_affine))),
         )
 
 
