@@ -323,8 +323,11 @@ def _read_series_voxels(headers: list[_Header], series_dir: Path) -> tuple[np.nd
 def _whitelisted_meta(dataset: pydicom.Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for keyword in keywords:
-        if keyword in dataset:
-            meta[keyword] = _json_value(dataset.data_element(keyword).value)
+        if keyword not in dataset:
+            continue
+        element = dataset.data_element(keyword)
+        if element is not None:
+            meta[keyword] = _json_value(element.value)
     return meta
 
 

@@ -44,6 +44,11 @@ def read_nifti(path: Path) -> VoxelData:
         image = nib.load(path)
     except ImageFileError as exc:
         raise ValueError(f"{path}: not a readable NIfTI file ({exc}); check the file") from exc
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise ValueError(
+            f"{path}: nibabel read a {type(image).__name__}, not NIfTI; convert the file to "
+            "NIfTI or use the matching volume.format"
+        )
     array = np.asanyarray(image.dataobj)
     logger.debug("%s: read %s %s", path, array.shape, array.dtype)
     return VoxelData(array=array, affine=np.asarray(image.affine, dtype=np.float64), path=path)

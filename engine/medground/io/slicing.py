@@ -264,16 +264,16 @@ def select_slices(
     for index, labels in label_slices:
         counts = np.bincount(labels.ravel())
         eligible: list[int] = []
-        for label_id in np.flatnonzero(counts):
+        for label_id in np.flatnonzero(counts).tolist():
             if label_id == 0:
                 continue
             area_px = int(counts[label_id])
-            if not _has_large_object(labels, int(label_id), area_px, pixel_area_mm2, config):
+            if not _has_large_object(labels, label_id, area_px, pixel_area_mm2, config):
                 continue
-            eligible.append(int(label_id))
+            eligible.append(label_id)
             # Ties keep the lowest index because only a strictly larger area replaces it.
-            if area_px > best_area.get(int(label_id), (-1, 0))[1]:
-                best_area[int(label_id)] = (index, area_px)
+            if area_px > best_area.get(label_id, (-1, 0))[1]:
+                best_area[label_id] = (index, area_px)
         if eligible:
             present[index] = tuple(eligible)
 
