@@ -73,7 +73,7 @@ def identifying_dicom_keywords(keywords: list[str] | tuple[str, ...]) -> list[st
 class WindowLevel(BaseModel):
     """An explicit display window: ``level`` is the centre, ``width`` the range (image units)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     level: float
     width: float = Field(gt=0)
@@ -88,7 +88,7 @@ class NpzConfig(BaseModel):
     the names built from ``split`` and ``category``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     split: Literal["train", "val", "test"] = "train"
     category: str | None = None
@@ -134,7 +134,7 @@ class VolumeConfig(BaseModel):
         npz: Keys of the arrays in a ``.npz`` bundle.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: VolumeFormat
     plane: PlaneName = "axial"
@@ -145,7 +145,9 @@ class VolumeConfig(BaseModel):
     percentile: tuple[float, float] | None = None
     percentile_of: Literal["volume", "nonzero"] = "volume"
     label_tolerance: float = Field(default=1e-3, ge=0, lt=0.5)
-    labels: dict[int, str] | None = None
+    labels: dict[int, str] | None = Field(
+        default=None, json_schema_extra={"propertyNames": {"pattern": "^[1-9][0-9]*$"}}
+    )
     channel: int = Field(default=0, ge=0)
     dicom_tags_whitelist: tuple[str, ...] = DEFAULT_DICOM_TAGS
     npz: NpzConfig = Field(default_factory=NpzConfig)
