@@ -54,8 +54,6 @@ def test_explicit_window_resolves():
         ({"format": "nifti", "labels": LABELS, "window": {"level": 0, "width": 0}}, "width"),
         # background listed as a class
         ({"format": "nifti", "labels": {0: "background", 1: "a"}}, "id 0 is background"),
-        # NIfTI stores no class names
-        ({"format": "nifti"}, "stores no class names"),
         # stacks have no plane
         ({"format": "npz", "labels": LABELS, "plane": "coronal"}, "'plane' does not apply"),
         # npz keys on another format

@@ -6,6 +6,8 @@ settings, and returns plain rows, so it runs unchanged in a process pool or on D
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ class ImageResult:
     width: int = 0
     height: int = 0
     sha256: str = ""
+    orientation: str = "unknown"
+    slice: dict[str, Any] | None = None
     objects: list[dict[str, Any]] = field(default_factory=list)
     targets: list[dict[str, Any]] = field(default_factory=list)
     rejections: list[dict[str, Any]] = field(default_factory=list)
@@ -95,28 +99,102 @@ def process_image(
         return result
     for skip in skipped:
         result.reject("load", f"load.{skip.rule_id}", skip.message, key=f"{key}/{skip.file}")
-    now = time.perf_counter()
-    result.timings["load"] = now - clock
-    clock = now
+    result.orientation = manifest.orientation
+    result.timings["load"] = time.perf_counter() - clock
+    return _objects_and_targets(result, manifest, cues, class_masks)
 
+
+def _objects_and_targets(
+    result: ImageResult, manifest: Manifest, cues: CueThresholds, class_masks: list[ClassMask]
+) -> ImageResult:
+    clock = time.perf_counter()
     objects = _find_objects(result, manifest, class_masks)
     now = time.perf_counter()
-    result.timings["objects"] = now - clock
+    result.timings["objects"] = result.timings.get("objects", 0.0) + now - clock
     clock = now
     if not objects:
         return result
 
     rows = [o.row for o in objects]
     mark_relations(rows, cues.relations)
-    rng = random.Random(f"{manifest.seed}:{key}")
+    rng = random.Random(f"{manifest.seed}:{result.image_key}")
     result.targets = select_targets(rows, manifest, rng)
     described = {oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]}
     for obj in objects:
         if obj.row["object_id"] in described:
             _describe(obj)
     result.objects = rows
-    result.timings["targets"] = time.perf_counter() - clock
+    result.timings["targets"] = result.timings.get("targets", 0.0) + time.perf_counter() - clock
     return result
+
+
+def process_volume(
+    item: ImageItem, manifest: Manifest, root: Path, cues: CueThresholds, slice_dir: Path
+) -> list[ImageResult]:
+    """Cut one volume into the slices its strategy selects and process each as an image.
+
+    Each slice is rendered to ``<slice_dir>/<case>/<plane>-<index>.png``; that PNG is what
+    records, previews and VLMs see. Only one volume is in memory at a time.
+    """
+    from medground.io.volume import iter_volume_slices, save_slice_png
+
+    if manifest.volume is None:
+        raise ValueError("process_volume needs a manifest with a volume section")
+    config = volume_config(manifest)
+    key = image_key_for(manifest.name, item)
+    label_file = item.all_masks[0]
+    results: list[ImageResult] = []
+    clock = time.perf_counter()
+    try:
+        slices = list(iter_volume_slices(root / item.image, root / label_file, config))
+    except (ValueError, OSError) as exc:
+        failed = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
+        failed.reject("load", "load.unreadable_volume", str(exc))
+        return [failed]
+    load_seconds = time.perf_counter() - clock
+
+    for volume_slice in slices:
+        name = f"{volume_slice.plane or 'slice'}-{volume_slice.index:04d}"
+        png = save_slice_png(volume_slice.image, slice_dir / item.case_id / f"{name}.png")
+        result = ImageResult(item.index, f"{key}/{name}", item.image, str(png), item.all_masks)
+        result.height, result.width = volume_slice.labels.shape
+        result.sha256 = hashlib.sha256(png.read_bytes()).hexdigest()
+        result.orientation = (
+            "radiological" if volume_slice.patient_left_on == "image_right" else "unknown"
+        )
+        result.slice = {"plane": volume_slice.plane or "axial", "index": volume_slice.index}
+        min_px = manifest.objects.min_object_px
+        if volume_slice.spacing_mm is not None:
+            result.slice["spacing_mm"] = [float(v) for v in volume_slice.spacing_mm]
+            pixel_mm2 = volume_slice.spacing_mm[0] * volume_slice.spacing_mm[1]
+            min_px = max(1, math.ceil(config.min_object_mm2 / pixel_mm2))
+        result.timings["load"] = load_seconds / len(slices)
+        class_masks = [
+            ClassMask(class_name=name_, source_index=0, files=(label_file,),
+                      mask=volume_slice.labels == label_id, instances="components",
+                      fill_holes=False, min_object_px=min_px)
+            for label_id, name_ in sorted(volume_slice.class_names.items())
+            if (volume_slice.labels == label_id).any()
+        ]
+        results.append(_objects_and_targets(result, manifest, cues, class_masks))
+    if not results:
+        empty = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
+        empty.reject("objects", "objects.empty_mask",
+                     f"{label_file}: no slice holds a declared label; the volume has no target")
+        results.append(empty)
+    return results
+
+
+def volume_config(manifest: Manifest) -> Any:
+    """Return the manifest's volume settings with label names from its label-map source."""
+    config = manifest.volume
+    if config is not None and config.labels is None and config.format not in ("nnunet",
+                                                                               "dicom"):
+        source = manifest.masks[0]
+        labels = getattr(source, "labels", None)
+        if labels:
+            config = config.model_copy(update={"labels": dict(labels)})
+    return config
 
 
 def _find_objects(
@@ -238,3 +316,12 @@ def _describe(obj: _Object) -> None:
     row["orientation_deg"] = shape.orientation_deg
     row["solidity"] = shape.solidity
     row["circularity"] = shape.circularity
+
+
+def process_item(
+    item: ImageItem, manifest: Manifest, root: Path, cues: CueThresholds, slice_dir: Path
+) -> list[ImageResult]:
+    """Process one paired item: a 2D image gives one result, a volume one per slice."""
+    if manifest.volume is not None:
+        return process_volume(item, manifest, root, cues, slice_dir)
+    return [process_image(item, manifest, root, cues)]

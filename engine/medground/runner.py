@@ -31,7 +31,7 @@ from medground.config.loader import (
     resolve_declared_file,
 )
 from medground.cues import add_cues
-from medground.extract import ImageResult, image_key_for, process_image
+from medground.extract import ImageResult, image_key_for, process_item
 from medground.io.pairing import Discovery, ImageItem, discover
 from medground.resources import load_schema
 from medground.samples import build_record, sample_row, target_cues
@@ -217,7 +217,7 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
         for number, batch in enumerate(batches):
             if number in done:
                 continue
-            records, rejections, stats = run_batch(pipeline, batch)
+            records, rejections, stats = run_batch(pipeline, batch, out / "slices")
             if number == 0:
                 rejections = _discovery_rejections(manifest.name, discovery) + rejections
                 stats["discovery"] = {
@@ -286,20 +286,21 @@ def _discovery_rejections(dataset: str, discovery: Discovery) -> list[dict[str, 
 
 
 def run_batch(
-    pipeline: Pipeline, batch: list[ImageItem]
+    pipeline: Pipeline, batch: list[ImageItem], slice_dir: Path
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Run every stage for one batch of images; return records, rejections and stats."""
     manifest = pipeline.loaded.manifest
     root = pipeline.loaded.root
     timings: Counter[str] = Counter()
 
-    results = [process_image(item, manifest, root, pipeline.cues) for item in batch]
+    results = [res for item in batch
+               for res in process_item(item, manifest, root, pipeline.cues, slice_dir)]
     rejections = [r for res in results for r in res.rejections]
     for res in results:
         timings.update(res.timings)
 
     clock = time.perf_counter()
-    _attach_cues(results, pipeline.cues, manifest.orientation)
+    _attach_cues(results, pipeline.cues)
     timings["cues"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -346,7 +347,7 @@ def run_batch(
             )
             continue
         records.append(record)
-        rows.append(sample_row(record, res, target, manifest.orientation))
+        rows.append(sample_row(record, res, target, res.orientation))
     timings["format"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -383,12 +384,13 @@ def _sample_schema() -> dict[str, pl.DataType]:
     return table_schema()
 
 
-def _attach_cues(results: list[ImageResult], cues: CueThresholds, orientation: str) -> None:
+def _attach_cues(results: list[ImageResult], cues: CueThresholds) -> None:
     rows = [o for res in results for o in res.objects]
     if not rows:
         return
+    orientations = [res.orientation for res in results for _ in res.objects]
     frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(
-        orientation=pl.lit(orientation)
+        orientation=pl.Series(orientations, dtype=pl.String)
     )
     with_cues = add_cues(frame, cues)
     cue_columns = [c for c in with_cues.columns if c not in frame.columns]

@@ -78,7 +78,7 @@ def build_record(
             "root": str(loaded.root),
             "image": result.image,
             "masks": result.masks,
-            "slice": None,
+            "slice": result.slice,
         },
         "query": candidate.query,
         "task": candidate.task,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medground.config.volume import VolumeConfig
 from medground.split import SplitConfig
 
 Modality = Literal[
@@ -291,6 +292,11 @@ class Manifest(StrictModel):
         description="train/val/test assignment by group (patient or case), so that no group "
         "appears in two splits; default: each image is its own group, 80/10/10",
     )
+    volume: VolumeConfig | None = Field(
+        None,
+        description="for 3D sources: reader format, plane, slice strategy and display "
+        "scaling; images and masks then name volume and label-map files",
+    )
     seed: int = Field(0, description="seed of every random choice in the run")
 
     @model_validator(mode="after")
@@ -321,6 +327,12 @@ class Manifest(StrictModel):
                         f"masks.{index} names class '{class_name}', which is not in classes "
                         f"({', '.join(names)}); add it to classes or fix the name"
                     )
+        if self.volume is not None and self.volume.format not in ("nnunet", "dicom"):
+            if self.volume.labels is None and not getattr(self.masks[0], "labels", None):
+                raise ValueError(
+                    f"volume format '{self.volume.format}' stores no class names: give "
+                    "masks.0 'encoding: label_map' with labels, e.g. {1: necrosis, 2: oedema}"
+                )
         for field_name in _template_fields(self.images.case_id):
             if field_name not in allowed:
                 raise ValueError(

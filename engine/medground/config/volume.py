@@ -177,11 +177,6 @@ class VolumeConfig(BaseModel):
                     f"invalid label ids {bad_ids}: id 0 is background and ids must be "
                     "positive; remove them from 'labels'"
                 )
-        if self.labels is None and self.format not in ("nnunet", "dicom"):
-            raise ValueError(
-                f"format '{self.format}' stores no class names: add 'labels', "
-                "e.g. labels: {1: necrosis, 2: oedema}"
-            )
 
         stack_formats = ("npz", "npy")
         if self.format in stack_formats and "plane" in self.model_fields_set:
