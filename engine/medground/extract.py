@@ -25,8 +25,9 @@ from medground.geometry import (
 )
 from medground.io.masks import ClassMask, MaskError, decode_masks
 from medground.io.pairing import ImageItem
-from medground.io.raster import RasterError, read_raster
+from medground.io.raster import RasterError, read_raster, to_grey
 from medground.targets import RELATIONS, mark_relations, select_targets
+from medground.verify.evidence import intensity_range, measure_evidence
 
 
 @dataclass
@@ -111,9 +112,11 @@ def process_image(
     rng = random.Random(f"{manifest.seed}:{key}")
     result.targets = select_targets(rows, manifest, rng)
     described = {oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]}
+    grey = to_grey(raster.array) if described else None
+    value_range = intensity_range(grey) if grey is not None else (0.0, 0.0)
     for obj in objects:
         if obj.row["object_id"] in described:
-            _describe(obj)
+            _describe(obj, grey, value_range)
     result.objects = rows
     result.timings["targets"] = time.perf_counter() - clock
     return result
@@ -201,6 +204,8 @@ def _object_row(
         "orientation_deg": None,
         "solidity": None,
         "circularity": None,
+        "evidence_cnr": None,
+        "evidence_edge": None,
     }
     return _Object(row, comps, ids)
 
@@ -229,7 +234,8 @@ def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
     found.sort(key=lambda o: (o.row["class"], o.row["y0"], o.row["x0"]))
 
 
-def _describe(obj: _Object) -> None:
+def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, float]) -> None:
+    """Add shape descriptors and image evidence to an object that a query will describe."""
     row = obj.row
     labels = obj.components.labels[row["y0"] : row["y1"], row["x0"] : row["x1"]]
     crop = np.isin(labels, obj.component_ids)
@@ -238,3 +244,6 @@ def _describe(obj: _Object) -> None:
     row["orientation_deg"] = shape.orientation_deg
     row["solidity"] = shape.solidity
     row["circularity"] = shape.circularity
+    if grey is not None:
+        box = (row["x0"], row["y0"], row["x1"], row["y1"])
+        row["evidence_cnr"], row["evidence_edge"] = measure_evidence(grey, crop, box, value_range)

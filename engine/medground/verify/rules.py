@@ -23,6 +23,9 @@ from medground.config.rules import RuleExample, RuleFile, RuleSpec
 from medground.config.validation import validate_document
 from medground.config.yamlload import LoadedYaml, load_yaml
 from medground.resources import load_schema
+# Importing these modules registers the claim and evidence columns that rules may name.
+from medground.verify import claims as _claims  # noqa: F401
+from medground.verify import evidence as _evidence  # noqa: F401
 from medground.verify.columns import SAMPLE_COLUMNS, table_schema
 
 logger = logging.getLogger(__name__)
