@@ -192,5 +192,9 @@ def demo(directory: Path, count: int, seed: int) -> None:
     click.echo(f"wrote {count} images and {manifest}; next: mgr run {manifest}")
 
 
+from medground.verify.cli import rules_group  # noqa: E402  (registered after main is defined)
+
+main.add_command(rules_group)
+
 if __name__ == "__main__":
     main()

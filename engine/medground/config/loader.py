@@ -13,8 +13,8 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from medground.config.cues import CueThresholds
-from medground.config.lexicon import Lexicon
 from medground.config.errors import ConfigError, Problem, choices_text, suggest
+from medground.config.lexicon import Lexicon
 from medground.config.manifest import Manifest
 from medground.config.phrasings import PHRASING_VARIABLES, PhrasingFile
 from medground.config.validation import validate_document

@@ -22,7 +22,8 @@ from medground.config.errors import ConfigError, Problem, choices_text, suggest
 from medground.config.rules import RuleExample, RuleFile, RuleSpec
 from medground.config.validation import validate_document
 from medground.config.yamlload import LoadedYaml, load_yaml
-from medground.resources import load_schema
+from medground.resources import load_schema, resource_dir
+
 # Importing these modules registers the claim and evidence columns that rules may name.
 from medground.verify import claims as _claims  # noqa: F401
 from medground.verify import evidence as _evidence  # noqa: F401
@@ -272,6 +273,39 @@ class ExampleResult:
     def ok(self) -> bool:
         """True when the rule gave the expected verdict."""
         return self.expected == self.actual
+
+
+def rule_verdicts(ruleset: RuleSet, sample: pl.DataFrame) -> list[tuple[CompiledRule, str, str]]:
+    """Return each rule's verdict on a one-row sample table: pass, fail or skip.
+
+    The third item is the rule's rendered message for a failing row, else ''.
+    """
+    if sample.height != 1:
+        raise ValueError(f"rule_verdicts needs exactly one sample row, got {sample.height}")
+    verdicts = sample.select(_verdict_columns(ruleset.rules)).row(0)
+    results = []
+    for index, rule in enumerate(ruleset.rules):
+        applies, fired = verdicts[2 * index], verdicts[2 * index + 1]
+        if not applies:
+            results.append((rule, "skip", ""))
+            continue
+        if not fired:
+            results.append((rule, "pass", ""))
+            continue
+        fields = sample.select(list(dict.fromkeys(rule.message_fields))).row(0, named=True)
+        message = rule.spec.message.format(**{k: _show(v) for k, v in fields.items()})
+        results.append((rule, "fail", message))
+    return results
+
+
+# Files in rules/ that are not rule files.
+NON_RULE_FILES = ("cues.yaml", "lexicon.yaml")
+
+
+def builtin_rule_files() -> list[Path]:
+    """Return the built-in rule files in name order (cue and lexicon files excluded)."""
+    folder = resource_dir("rules")
+    return sorted(p for p in folder.glob("*.yaml") if p.name not in NON_RULE_FILES)
 
 
 def example_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:
