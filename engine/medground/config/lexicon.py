@@ -51,9 +51,7 @@ class Lexicon(StrictModel):
         description="words for the picture itself ('image', 'slice'); 'image left' or "
         "'left side of the image' names the image's side",
     )
-    vertical: dict[VerticalWord, Synonyms] = Field(
-        description="row words of the 3x3 position grid"
-    )
+    vertical: dict[VerticalWord, Synonyms] = Field(description="row words of the 3x3 position grid")
     horizontal: dict[HorizontalWord, Synonyms] = Field(
         description="column words of the 3x3 position grid (used after a row word)"
     )

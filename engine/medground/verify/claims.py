@@ -27,7 +27,7 @@ CLAIM_COLUMNS: dict[str, Column] = {
         pl.String, "image side the query names ('image left', 'left side of the image')", None
     ),
     "claim_patient_side": Column(
-        pl.String, "patient side the query names (\"the patient's left\")", None
+        pl.String, 'patient side the query names ("the patient\'s left")', None
     ),
     "claim_laterality": Column(
         pl.String,
@@ -41,23 +41,33 @@ CLAIM_COLUMNS: dict[str, Column] = {
     "claim_horizontal": Column(
         pl.String, "grid column the query names: left, centre or right ('upper left')", None
     ),
-    "claim_size": Column(pl.String, "size word of the query: tiny, small, medium-sized, large", None),
-    "claim_shape": Column(pl.String, "shape word of the query: round, oval, elongated, irregular", None),
+    "claim_size": Column(
+        pl.String, "size word of the query: tiny, small, medium-sized, large", None
+    ),
+    "claim_shape": Column(
+        pl.String, "shape word of the query: round, oval, elongated, irregular", None
+    ),
     "claim_count": Column(
-        pl.Int64, "number of objects the query states (largest number, 'both' = 2, 'the only' = 1)", None
+        pl.Int64,
+        "number of objects the query states (largest number, 'both' = 2, 'the only' = 1)",
+        None,
     ),
     "claim_relation": Column(
         pl.String, "relational word, as its superlative: largest, smallest, leftmost, ...", None
     ),
     "claim_terms": Column(
-        pl.String, "anatomy and finding terms of the lexicon found in the query, comma-separated", None
+        pl.String,
+        "anatomy and finding terms of the lexicon found in the query, comma-separated",
+        None,
     ),
     "claim_foreign_terms": Column(
         pl.String,
         "terms of the query that the lexicon lists for other modalities only, comma-separated",
         None,
     ),
-    "claim_negation": Column(pl.Boolean, "the query negates ('no', 'without', 'absence of')", False),
+    "claim_negation": Column(
+        pl.Boolean, "the query negates ('no', 'without', 'absence of')", False
+    ),
 }
 register_columns(CLAIM_COLUMNS)
 
@@ -181,7 +191,9 @@ def claim_expressions(patterns: ClaimPatterns, query: str = "query") -> dict[str
 
     number_lookup = {_normalise(w): str(n) for w, n in lex.numbers.items()}
     numbers = (
-        q.str.extract_all(rf"(?i)\b(?:\d+|{_alternation(number_lookup)})\b(?:\s*(?:mm|cm|px|pixels?|%))?")
+        q.str.extract_all(
+            rf"(?i)\b(?:\d+|{_alternation(number_lookup)})\b(?:\s*(?:mm|cm|px|pixels?|%))?"
+        )
         .list.eval(
             pl.element()
             .filter(~pl.element().str.contains(_UNITS))
@@ -219,16 +231,13 @@ def claim_expressions(patterns: ClaimPatterns, query: str = "query") -> dict[str
 
 def _term_list(query: pl.Expr, lookup: dict[str, str]) -> pl.Expr:
     """Return the canonical terms found in the query, in order of first mention."""
-    return (
-        query.str.extract_all(_word_pattern(lookup))
-        .list.eval(
-            pl.element()
-            .str.to_lowercase()
-            .str.replace_all(r"\s+", " ")
-            .replace_strict(lookup, default=None, return_dtype=pl.String)
-            .drop_nulls()
-            .unique(maintain_order=True)
-        )
+    return query.str.extract_all(_word_pattern(lookup)).list.eval(
+        pl.element()
+        .str.to_lowercase()
+        .str.replace_all(r"\s+", " ")
+        .replace_strict(lookup, default=None, return_dtype=pl.String)
+        .drop_nulls()
+        .unique(maintain_order=True)
     )
 
 

@@ -72,8 +72,12 @@ SAMPLE_COLUMNS: dict[str, Column] = {
     "is_largest": Column(
         pl.Boolean, "the target object is clearly the largest of its class (null for multi)", False
     ),
-    "is_smallest": Column(pl.Boolean, "the target object is clearly the smallest of its class", False),
-    "is_leftmost": Column(pl.Boolean, "the target object is clearly the leftmost of its class", False),
+    "is_smallest": Column(
+        pl.Boolean, "the target object is clearly the smallest of its class", False
+    ),
+    "is_leftmost": Column(
+        pl.Boolean, "the target object is clearly the leftmost of its class", False
+    ),
     "is_rightmost": Column(
         pl.Boolean, "the target object is clearly the rightmost of its class", False
     ),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,8 @@ def compile_condition(
             [
                 loaded.problem(
                     where,
-                    f"rule {rule_id}: unknown column '{name}' in {text!r}; {suggest(name, SAMPLE_COLUMNS)}"
+                    f"rule {rule_id}: unknown column '{name}' in {text!r}; "
+                    f"{suggest(name, SAMPLE_COLUMNS)}"
                     f"available columns: {choices_text(SAMPLE_COLUMNS, limit=200)}",
                 )
             ]
@@ -129,7 +130,10 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
         loaded = load_yaml(Path(path))
         if loaded.data is None:
             raise ConfigError([Problem(Path(path), "empty rule file; add a 'rules:' list")])
-        document = validate_document(loaded, schema, RuleFile)
+        try:
+            document = validate_document(loaded, schema, RuleFile)
+        except ConfigError as exc:
+            raise ConfigError([_name_rule(loaded, p) for p in exc.problems]) from exc
         problems: list[Problem] = []
         for index, spec in enumerate(document.rules):
             where = ("rules", index)
@@ -158,8 +162,8 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
                     loaded.problem(
                         (*where, "id"),
                         f"override of unknown rule '{override.id}'; "
-                        f"{suggest(override.id, [r.id for r in ruleset.rules])}rules must be loaded "
-                        "from an earlier file",
+                        f"{suggest(override.id, [r.id for r in ruleset.rules])}"
+                        "rules must be loaded from an earlier file",
                     )
                 )
                 continue
@@ -193,6 +197,21 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
             raise ConfigError(problems)
         ruleset.files.append(Path(path))
     return ruleset
+
+
+def _name_rule(loaded: LoadedYaml, problem: Problem) -> Problem:
+    """Prefix a schema problem inside ``rules[i]`` or ``overrides[i]`` with that rule's id."""
+    parts = (problem.key or "").split(".")
+    if len(parts) < 2 or parts[0] not in ("rules", "overrides") or not parts[1].isdigit():
+        return problem
+    items = loaded.data.get(parts[0]) if isinstance(loaded.data, dict) else None
+    index = int(parts[1])
+    if not isinstance(items, list) or index >= len(items) or not isinstance(items[index], dict):
+        return problem
+    rule_id = items[index].get("id")
+    if rule_id is None:
+        return problem
+    return replace(problem, message=f"rule {rule_id}: {problem.message}")
 
 
 def _compile(
