@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -84,8 +83,10 @@ def _copy_manifest(tmp_path: Path, root: Path, extra_rules: list[str]) -> Path:
         if line.startswith("root:"):
             line = f"root: {root}"
         if line.startswith("rules:"):
-            names = [str(resource_dir("rules") / n) for n in
-                     ("geometry.yaml", "claims.yaml", "priors.yaml", "evidence.yaml")]
+            names = [
+                str(resource_dir("rules") / n)
+                for n in ("geometry.yaml", "claims.yaml", "priors.yaml", "evidence.yaml")
+            ]
             line = "rules: [" + ", ".join(names + extra_rules) + "]"
         lines.append(line)
     path = tmp_path / "kvasir.yaml"
@@ -142,7 +143,7 @@ def _rule(rule_id: str, require: str, severity: str = "reject") -> str:
     return (
         f"  - id: {rule_id}\n"
         f"    description: test rule\n"
-        f"    require: \"{require}\"\n"
+        f'    require: "{require}"\n'
         f"    severity: {severity}\n"
         f"    message: failed\n"
     )
@@ -153,7 +154,8 @@ def _rule(rule_id: str, require: str, severity: str = "reject") -> str:
     [
         pytest.param(
             RULE_HEAD + _rule("bad.column", "box_area > 3"),
-            r"bad\.yaml:5:5: .*rule bad\.column: unknown column 'box_area' in 'box_area > 3'; did you mean 'min_box_area'",
+            r"bad\.yaml:5:5: .*rule bad\.column: unknown column 'box_area' in 'box_area > 3'; "
+            r"did you mean 'min_box_area'",
             id="unknown-column",
         ),
         pytest.param(
@@ -163,12 +165,14 @@ def _rule(rule_id: str, require: str, severity: str = "reject") -> str:
         ),
         pytest.param(
             RULE_HEAD + _rule("bad.severity", "min_box_w >= 2", severity="fatal"),
-            r"bad\.yaml:6:5: .*rule bad\.severity: invalid value 'fatal'; valid choices: reject, warn",
+            r"bad\.yaml:6:5: .*rule bad\.severity: invalid value 'fatal'; "
+            r"valid choices: reject, warn",
             id="unknown-severity",
         ),
         pytest.param(
             RULE_HEAD + _rule("geometry.tiny_box", "min_box_w >= 2"),
-            r"bad\.yaml:3:.*duplicate rule id 'geometry\.tiny_box', first defined in .*geometry\.yaml:12",
+            r"bad\.yaml:3:.*duplicate rule id 'geometry\.tiny_box', "
+            r"first defined in .*geometry\.yaml:12",
             id="duplicate-id-across-files",
         ),
         pytest.param(

@@ -270,7 +270,7 @@ def add_claims(samples: pl.DataFrame, patterns: ClaimPatterns) -> pl.DataFrame:
 def add_uniqueness(samples: pl.DataFrame, objects: pl.DataFrame) -> pl.DataFrame:
     """Set ``claims_unique``: no other object of the target's class fits every claim.
 
-    ``objects`` holds the object rows of the batch's images with their cue columns and
+    ``objects`` contains the object rows of the batch's images with their cue columns and
     ``is_<relation>`` flags. Another object fits a claim when its cue has the claimed word
     (a null cue, for a value near a threshold, fits no claim, as in the cue stage's
     ``<cue>_unique``). A query without claims fits every object. Multi-object samples
