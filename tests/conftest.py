@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root and the shared sample data."""
+"""Shared fixtures: the real-data folder and small synthetic datasets."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data() -> Path:
-    """Return the shared sample-data folder (env MGR_SHARED_DATA, else ../shared/data)."""
+def shared_data_dir() -> Path:
+    """Return the shared real-data folder (env MGR_SHARED_DATA or ../shared/data)."""
     return Path(os.environ.get("MGR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture
-def kvasir_root() -> Path:
-    """The Kvasir-SEG sample folder, or skip when the shared data is absent."""
-    root = shared_data() / "kvasir-seg"
-    if not root.is_dir():
-        pytest.skip(f"shared data not found at {root}; set MGR_SHARED_DATA to its folder")
-    return root
+def shared_data() -> Path:
+    """The shared real-data folder; tests using it skip when it is absent."""
+    folder = shared_data_dir()
+    if not folder.is_dir():
+        pytest.skip(f"shared real-data folder not found at {folder}; set MGR_SHARED_DATA")
+    return folder

@@ -76,6 +76,15 @@ def test_cli_rules_list_and_columns():
     assert "evidence_cnr" in columns.output
 
 
+@pytest.fixture
+def kvasir_root(shared_data: Path) -> Path:
+    """The Kvasir-SEG sample folder, or skip when it is absent."""
+    root = shared_data / "kvasir-seg"
+    if not root.is_dir():
+        pytest.skip(f"Kvasir-SEG sample not found at {root}")
+    return root
+
+
 def _copy_manifest(tmp_path: Path, root: Path, extra_rules: list[str]) -> Path:
     text = (REPO / "datasets" / "kvasir-seg.yaml").read_text(encoding="utf-8")
     lines = []
