@@ -196,10 +196,12 @@ def _register_subcommands() -> None:
     from medground.audit.cli import audit_group
     from medground.evaluate import eval_command
     from medground.export.cli import export_command
+    from medground.verify.cli import rules_group
 
     main.add_command(audit_group)
     main.add_command(export_command)
     main.add_command(eval_command)
+    main.add_command(rules_group)
 
 
 _register_subcommands()

@@ -27,8 +27,9 @@ from medground.geometry import (
 )
 from medground.io.masks import ClassMask, MaskError, decode_masks
 from medground.io.pairing import ImageItem
-from medground.io.raster import RasterError, read_raster
+from medground.io.raster import RasterError, read_raster, to_grey
 from medground.targets import RELATIONS, mark_relations, select_targets
+from medground.verify.evidence import intensity_range, measure_evidence
 
 
 @dataclass
@@ -101,11 +102,15 @@ def process_image(
         result.reject("load", f"load.{skip.rule_id}", skip.message, key=f"{key}/{skip.file}")
     result.orientation = manifest.orientation
     result.timings["load"] = time.perf_counter() - clock
-    return _objects_and_targets(result, manifest, cues, class_masks)
+    return _objects_and_targets(result, manifest, cues, class_masks, raster.array)
 
 
 def _objects_and_targets(
-    result: ImageResult, manifest: Manifest, cues: CueThresholds, class_masks: list[ClassMask]
+    result: ImageResult,
+    manifest: Manifest,
+    cues: CueThresholds,
+    class_masks: list[ClassMask],
+    pixels: np.ndarray,
 ) -> ImageResult:
     clock = time.perf_counter()
     objects = _find_objects(result, manifest, class_masks)
@@ -120,9 +125,11 @@ def _objects_and_targets(
     rng = random.Random(f"{manifest.seed}:{result.image_key}")
     result.targets = select_targets(rows, manifest, rng)
     described = {oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]}
+    grey = to_grey(pixels) if described else None
+    value_range = intensity_range(grey) if grey is not None else (0.0, 0.0)
     for obj in objects:
         if obj.row["object_id"] in described:
-            _describe(obj)
+            _describe(obj, grey, value_range)
     result.objects = rows
     result.timings["targets"] = result.timings.get("targets", 0.0) + time.perf_counter() - clock
     return result
@@ -176,7 +183,9 @@ def process_volume(
             for label_id, name_ in sorted(volume_slice.class_names.items())
             if (volume_slice.labels == label_id).any()
         ]
-        results.append(_objects_and_targets(result, manifest, cues, class_masks))
+        results.append(
+            _objects_and_targets(result, manifest, cues, class_masks, volume_slice.image)
+        )
     if not results:
         empty = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
         empty.reject("objects", "objects.empty_mask",
@@ -279,6 +288,8 @@ def _object_row(
         "orientation_deg": None,
         "solidity": None,
         "circularity": None,
+        "evidence_cnr": None,
+        "evidence_edge": None,
     }
     return _Object(row, comps, ids)
 
@@ -307,7 +318,8 @@ def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
     found.sort(key=lambda o: (o.row["class"], o.row["y0"], o.row["x0"]))
 
 
-def _describe(obj: _Object) -> None:
+def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, float]) -> None:
+    """Add shape descriptors and image evidence to an object that a query will describe."""
     row = obj.row
     labels = obj.components.labels[row["y0"] : row["y1"], row["x0"] : row["x1"]]
     crop = np.isin(labels, obj.component_ids)
@@ -316,6 +328,9 @@ def _describe(obj: _Object) -> None:
     row["orientation_deg"] = shape.orientation_deg
     row["solidity"] = shape.solidity
     row["circularity"] = shape.circularity
+    if grey is not None:
+        box = (row["x0"], row["y0"], row["x1"], row["y1"])
+        row["evidence_cnr"], row["evidence_edge"] = measure_evidence(grey, crop, box, value_range)
 
 
 def process_item(

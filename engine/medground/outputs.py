@@ -105,6 +105,40 @@ def write_records(store: RunStore, out: Path) -> int:
     return count
 
 
+SAMPLE_VERDICT_COLUMNS: dict[str, pl.DataType] = {
+    "rules_verdict": pl.String(),
+    "rules_fired": pl.String(),
+}
+RULE_FILES_KEY = b"medground.rule_files"
+
+
+def write_samples(store: RunStore, out: Path, rule_files: list[Path]) -> int:
+    """Write ``samples.parquet``: every sample row the rules saw, with its verdict.
+
+    The rule files of the run are stored in the file's metadata under
+    ``medground.rule_files`` (a JSON list), so ``mgr rules explain`` can evaluate them again.
+    """
+    from medground.verify.columns import table_schema
+
+    schema = {**table_schema(), **SAMPLE_VERDICT_COLUMNS}
+    empty = pl.DataFrame(schema=schema).to_arrow()
+    metadata = {RULE_FILES_KEY: json.dumps([str(p) for p in rule_files]).encode()}
+    arrow_schema = empty.schema.with_metadata(metadata)
+    count = 0
+    with (
+        atomic_path(out / "samples.parquet") as temporary,
+        pq.ParquetWriter(temporary, arrow_schema) as parquet,
+    ):
+        for chunk in _chunks(store.iter_samples()):
+            rows = [json.loads(line) for line in chunk]
+            table = pl.DataFrame(rows, schema=schema, orient="row").to_arrow()
+            parquet.write_table(table.cast(arrow_schema))
+            count += len(chunk)
+        if count == 0:
+            parquet.write_table(empty.cast(arrow_schema))
+    return count
+
+
 def write_outputs(
     store: RunStore,
     out: Path,
@@ -119,6 +153,7 @@ def write_outputs(
     from medground.runner import RunSummary
 
     accepted = write_records(store, out)
+    write_samples(store, out, pipeline.rules.files)
     rejected = store.rejections_frame()
     with atomic_path(out / "rejected.parquet") as temporary:
         rejected.write_parquet(temporary)

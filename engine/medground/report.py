@@ -113,6 +113,8 @@ def render_report(
         lines.append("No rejections.")
     lines.append("")
 
+    lines += _rule_table(pipeline, stats, rejected)
+
     lines += ["## Unpaired and skipped files", ""]
     unpaired = discovery.get("unpaired_images", [])
     masks = discovery.get("unpaired_masks", [])
@@ -159,9 +161,61 @@ def render_report(
     return "\n".join(lines)
 
 
+def _rule_table(
+    pipeline: Pipeline, stats: list[dict[str, Any]], rejected: pl.DataFrame
+) -> list[str]:
+    """List every rule in force with its rejections and warnings and one example id each."""
+    rejected_by: Counter[str] = Counter()
+    rejected_example: dict[str, str] = {}
+    if rejected.height:
+        rule_rows = rejected.filter(pl.col("stage") == "rules")
+        for rule_id, key in zip(
+            rule_rows.get_column("rule_id").to_list(),
+            rule_rows.get_column("key").to_list(),
+            strict=True,
+        ):
+            rejected_by[rule_id] += 1
+            rejected_example.setdefault(rule_id, key)
+    warned_by = _merge(stats, "warnings_by_rule")
+    warned_example: dict[str, str] = {}
+    for batch in stats:
+        for rule_id, key in batch.get("warning_examples", {}).items():
+            warned_example.setdefault(rule_id, key)
+    rows = []
+    for rule in pipeline.rules.rules:
+        example = rejected_example.get(rule.id) or warned_example.get(rule.id)
+        rows.append(
+            (
+                f"`{rule.id}`",
+                rule.spec.severity,
+                rejected_by.get(rule.id, 0),
+                warned_by.get(rule.id, 0),
+                f"`{example}`" if example else "",
+                f"{rule.file.name}:{rule.line}",
+            )
+        )
+    header = ("rule", "severity", "rejected", "warned (accepted)", "example id", "defined at")
+    return [
+        "## Rules",
+        "",
+        "Every rule in force, in evaluation order. `mgr rules explain <run dir> <id>` shows "
+        "each rule's verdict on one sample.",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
 def _warned_rules(_: Path, stats: list[dict[str, Any]]) -> list[str]:
     counts = _merge(stats, "warnings_by_rule")
-    return [f"- `{rule}`: {n} accepted record(s)" for rule, n in counts.most_common()]
+    examples: dict[str, str] = {}
+    for batch in stats:
+        for rule_id, key in batch.get("warning_examples", {}).items():
+            examples.setdefault(rule_id, key)
+    return [
+        f"- `{rule}`: {n} accepted record(s), e.g. `{examples.get(rule, '?')}`"
+        for rule, n in counts.most_common()
+    ]
 
 
 def _short(text: str | None, limit: int = 140) -> str:

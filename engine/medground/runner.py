@@ -27,6 +27,7 @@ from medground.config.errors import ConfigError, Problem
 from medground.config.loader import (
     LoadedManifest,
     load_cues,
+    load_lexicon,
     load_manifest,
     resolve_declared_file,
 )
@@ -39,6 +40,8 @@ from medground.split import assign_splits
 from medground.store import RunStore
 from medground.synth.base import ClassInfo, DatasetInfo, SynthesisRequest, Synthesizer
 from medground.synth.template import TemplateSynthesizer
+from medground.targets import RELATIONS
+from medground.verify.claims import ClaimPatterns, add_claims, add_uniqueness
 from medground.verify.rules import RuleSet, evaluate, load_rules
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class Pipeline:
     loaded: LoadedManifest
     cues: CueThresholds
     rules: RuleSet
+    claims: ClaimPatterns
     synthesizer: Synthesizer
     declared_files: dict[str, Path]
     seed: int
@@ -114,6 +118,10 @@ def load_pipeline(
         attempt("rules", lambda n=name: resolve_declared_file(n, "rules", loaded.file))
         for name in manifest.rules
     ]
+    lexicon_path = attempt(
+        "lexicon", lambda: resolve_declared_file(manifest.lexicon, "rules", loaded.file)
+    )
+    lexicon = attempt("lexicon", lambda: load_lexicon(lexicon_path)) if lexicon_path else None
     rules = None
     if all(rule_paths):
         rules = attempt("rules", lambda: load_rules(rule_paths))
@@ -142,12 +150,15 @@ def load_pipeline(
     if problems:
         raise ConfigError(problems)
     assert cues is not None and rules is not None and synthesizer is not None  # for mypy
+    assert lexicon is not None  # for mypy
     declared["cues"] = cues_path
+    declared["lexicon"] = lexicon_path
     declared["phrasings"] = phrasing_path
     for index, path in enumerate(rule_paths):
         declared[f"rules[{index}]"] = path
     validator = jsonschema.Draft202012Validator(load_schema("record"))
-    return Pipeline(loaded, cues, rules, synthesizer, declared, run_seed, validator)
+    claims = ClaimPatterns.from_lexicon(lexicon)
+    return Pipeline(loaded, cues, rules, claims, synthesizer, declared, run_seed, validator)
 
 
 @dataclass
@@ -217,7 +228,7 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
         for number, batch in enumerate(batches):
             if number in done:
                 continue
-            records, rejections, stats = run_batch(pipeline, batch, out / "slices")
+            records, rejections, stats, samples = run_batch(pipeline, batch, out / "slices")
             if number == 0:
                 rejections = _discovery_rejections(manifest.name, discovery) + rejections
                 stats["discovery"] = {
@@ -228,7 +239,7 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
                     "unpaired_masks": discovery.unpaired_masks,
                     "unmatched_images": discovery.unmatched_images,
                 }
-            store.commit_batch(number, len(batch), records, rejections, stats)
+            store.commit_batch(number, len(batch), records, rejections, stats, samples)
             logger.info(
                 "batch %d/%d: %d records, %d rejections",
                 number + 1,
@@ -287,8 +298,13 @@ def _discovery_rejections(dataset: str, discovery: Discovery) -> list[dict[str, 
 
 def run_batch(
     pipeline: Pipeline, batch: list[ImageItem], slice_dir: Path
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Run every stage for one batch of images; return records, rejections and stats."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Run every stage for one batch of images.
+
+    Returns:
+        Accepted records, rejections, statistics, and the sample-table rows the rules
+        saw (every candidate that passed the format check, with its rule verdict).
+    """
     manifest = pipeline.loaded.manifest
     root = pipeline.loaded.root
     timings: Counter[str] = Counter()
@@ -347,16 +363,25 @@ def run_batch(
             )
             continue
         records.append(record)
-        rows.append(sample_row(record, res, target, res.orientation))
+        spec = manifest.class_spec(target["class"])
+        bounds = spec.area_fraction_bounds if spec is not None else None
+        rows.append(sample_row(record, res, target, res.orientation, bounds))
     timings["format"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
     accepted: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
     if rows:
         table = pl.DataFrame(rows, schema=_sample_schema(), orient="row")
+        table = add_claims(table, pipeline.claims)
+        table = add_uniqueness(table, _object_frame(results))
         outcome = evaluate(pipeline.rules, table)
+        samples = table.to_dicts()
         for index, record in enumerate(records):
             fired = outcome.rejected_by[index]
+            warned = outcome.warned_by[index]
+            samples[index]["rules_verdict"] = "reject" if fired else ("warn" if warned else "pass")
+            samples[index]["rules_fired"] = ", ".join(r for r, _ in fired + warned) or None
             if fired:
                 for rule_id, message in fired:
                     rejections.append(_rejection(record, "rules", rule_id, message))
@@ -375,13 +400,37 @@ def run_batch(
     accepted = assign_splits(accepted, manifest.split)
 
     stats = _batch_stats(results, candidates, accepted, timings)
-    return accepted, rejections, stats
+    return accepted, rejections, stats, samples
 
 
 def _sample_schema() -> dict[str, pl.DataType]:
     from medground.verify.columns import table_schema
 
     return table_schema()
+
+
+_OBJECT_FRAME_COLUMNS = {
+    "image_key": pl.String,
+    "class": pl.String,
+    "object_id": pl.String,
+    "image_side": pl.String,
+    "patient_side": pl.String,
+    "vertical": pl.String,
+    "horizontal": pl.String,
+    "size": pl.String,
+    "shape": pl.String,
+    **{f"is_{relation}": pl.Boolean for relation in RELATIONS},
+}
+
+
+def _object_frame(results: list[ImageResult]) -> pl.DataFrame:
+    """Return the cue columns and relation flags of every object in the batch."""
+    rows = [
+        {name: obj.get(name) for name in _OBJECT_FRAME_COLUMNS}
+        for res in results
+        for obj in res.objects
+    ]
+    return pl.DataFrame(rows, schema=_OBJECT_FRAME_COLUMNS, orient="row")
 
 
 def _attach_cues(results: list[ImageResult], cues: CueThresholds) -> None:
@@ -401,6 +450,15 @@ def _attach_cues(results: list[ImageResult], cues: CueThresholds) -> None:
         objects = {o["object_id"]: o for o in res.objects}
         for target in res.targets:
             target["cues"] = target_cues(objects, target)
+
+
+def _first_ids(accepted: list[dict[str, Any]]) -> dict[str, str]:
+    """Return, per warning rule, the id of the first accepted record it fired on."""
+    examples: dict[str, str] = {}
+    for record in accepted:
+        for rule_id in record["verification"]["rules"].get("fired", []):
+            examples.setdefault(rule_id, record["id"])
+    return examples
 
 
 def _rejection(record: dict[str, Any], stage: str, rule_id: str, message: str) -> dict[str, Any]:
@@ -441,5 +499,6 @@ def _batch_stats(
         "warnings_by_rule": dict(
             Counter(rule for r in accepted for rule in r["verification"]["rules"].get("fired", []))
         ),
+        "warning_examples": _first_ids(accepted),
         "timings": dict(timings),
     }

@@ -8,6 +8,7 @@ from medground import __version__
 from medground.config.loader import LoadedManifest
 from medground.extract import ImageResult
 from medground.synth.base import QueryCandidate
+from medground.targets import RELATIONS
 
 TARGET_CUES = ("size", "position", "vertical", "horizontal", "image_side", "patient_side", "shape")
 _OBJECT_MEASURES = (
@@ -18,6 +19,8 @@ _OBJECT_MEASURES = (
     "eccentricity",
     "solidity",
     "circularity",
+    "evidence_cnr",
+    "evidence_edge",
 )
 JUDGE_SKIPPED = {"verdict": "skipped", "reason": "no judge configured"}
 
@@ -103,9 +106,17 @@ def build_record(
 
 
 def sample_row(
-    record: dict[str, Any], result: ImageResult, target: dict[str, Any], orientation: str
+    record: dict[str, Any],
+    result: ImageResult,
+    target: dict[str, Any],
+    orientation: str,
+    class_bounds: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Return the sample-table row of a record (see ``verify.columns``)."""
+    """Return the sample-table row of a record (see ``verify.columns``).
+
+    ``class_bounds`` is the target class's ``area_fraction_bounds`` from the manifest.
+    Query claims and ``claims_unique`` are added later, over the whole batch.
+    """
     boxes = [t["bbox_xyxy"] for t in record["targets"]]
     widths = [b[2] - b[0] for b in boxes]
     heights = [b[3] - b[1] for b in boxes]
@@ -147,6 +158,11 @@ def sample_row(
         row[key] = cues.get(key)
     for key in ("size", "position", "image_side", "shape"):
         row[f"{key}_unique"] = cues.get(f"{key}_unique")
+    row["object_id"] = first["object_id"]
+    for relation in RELATIONS:
+        flag = first.get(f"is_{relation}")
+        row[f"is_{relation}"] = None if record["task"] == "multi" else bool(flag)
+    row["class_min_area_frac"], row["class_max_area_frac"] = class_bounds or (None, None)
     return row
 
 

@@ -41,7 +41,11 @@ CREATE TABLE IF NOT EXISTS rejections (
     seq INTEGER NOT NULL, batch INTEGER NOT NULL, key TEXT, image_key TEXT, stage TEXT,
     rule_id TEXT, message TEXT, query TEXT, image_path TEXT, targets_json TEXT
 );
+CREATE TABLE IF NOT EXISTS samples (
+    seq INTEGER NOT NULL, batch INTEGER NOT NULL, sample_id TEXT, body TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS rejections_batch ON rejections(batch);
+CREATE INDEX IF NOT EXISTS samples_batch ON samples(batch);
 CREATE INDEX IF NOT EXISTS records_batch ON records(batch);
 """
 
@@ -69,7 +73,7 @@ class RunStore:
     def reset(self, fingerprint: str) -> None:
         """Forget every batch and record the settings of a fresh run."""
         with self.connection:
-            for table in ("batches", "records", "rejections"):
+            for table in ("batches", "records", "rejections", "samples"):
                 self.connection.execute(f"DELETE FROM {table}")
             self.connection.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('fingerprint', ?)", (fingerprint,)
@@ -86,11 +90,24 @@ class RunStore:
         records: list[dict[str, Any]],
         rejections: list[dict[str, Any]],
         stats: dict[str, Any],
+        samples: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Store one finished batch atomically."""
+        """Store one finished batch atomically.
+
+        ``samples`` are the batch's sample-table rows as the rules saw them, rejected
+        candidates included (written to ``samples.parquet`` at the end).
+        """
         with self.connection:
             self.connection.execute("DELETE FROM records WHERE batch=?", (batch,))
             self.connection.execute("DELETE FROM rejections WHERE batch=?", (batch,))
+            self.connection.execute("DELETE FROM samples WHERE batch=?", (batch,))
+            self.connection.executemany(
+                "INSERT INTO samples(seq, batch, sample_id, body) VALUES (?, ?, ?, ?)",
+                [
+                    (i, batch, row.get("sample_id"), json.dumps(row, ensure_ascii=False))
+                    for i, row in enumerate(samples or [])
+                ],
+            )
             self.connection.executemany(
                 "INSERT INTO records(seq, batch, id, body) VALUES (?, ?, ?, ?)",
                 [
@@ -114,6 +131,12 @@ class RunStore:
     def iter_records(self) -> Iterator[str]:
         """Yield record JSON texts in run order."""
         cursor = self.connection.execute("SELECT body FROM records ORDER BY batch, seq")
+        for (body,) in cursor:
+            yield body
+
+    def iter_samples(self) -> Iterator[str]:
+        """Yield sample-row JSON texts in run order."""
+        cursor = self.connection.execute("SELECT body FROM samples ORDER BY batch, seq")
         for (body,) in cursor:
             yield body
 

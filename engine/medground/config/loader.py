@@ -14,6 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from medground.config.cues import CueThresholds
 from medground.config.errors import ConfigError, Problem, choices_text, suggest
+from medground.config.lexicon import Lexicon
 from medground.config.manifest import Manifest
 from medground.config.phrasings import PHRASING_VARIABLES, PhrasingFile
 from medground.config.validation import validate_document
@@ -127,6 +128,11 @@ def resolve_declared_file(name: str, kind: ResourceKind, relative_to: Path) -> P
             )
         ]
     )
+
+
+def load_lexicon(path: Path) -> Lexicon:
+    """Load a query lexicon file."""
+    return validate_document(load_yaml(path), load_schema("lexicon"), Lexicon)
 
 
 def load_cues(path: Path) -> CueThresholds:

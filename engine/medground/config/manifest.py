@@ -282,6 +282,9 @@ class Manifest(StrictModel):
     objects: ObjectsSpec = ObjectsSpec()
     targets: TargetsSpec = TargetsSpec()
     cues: str = Field("cues.yaml", description="cue threshold file: a name in rules/ or a path")
+    lexicon: str = Field(
+        "lexicon.yaml", description="query lexicon of the claim checks: a name in rules/ or a path"
+    )
     rules: list[str] = Field(
         default_factory=lambda: ["geometry.yaml"],
         description="rule files: names in rules/ or paths relative to this file",

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from medground.config.cues import CueThresholds
+from medground.config.lexicon import Lexicon
 from medground.config.manifest import Manifest
 from medground.config.phrasings import PhrasingFile
 from medground.config.rules import RuleFile
@@ -22,6 +23,7 @@ GENERATED: dict[str, type[BaseModel]] = {
     "rules": RuleFile,
     "cues": CueThresholds,
     "phrasings": PhrasingFile,
+    "lexicon": Lexicon,
 }
 
 

@@ -68,6 +68,36 @@ SAMPLE_COLUMNS: dict[str, Column] = {
     "position_unique": Column(pl.Boolean, "no other object of the class shares the position", True),
     "image_side_unique": Column(pl.Boolean, "no other object of the class is on that side", True),
     "shape_unique": Column(pl.Boolean, "no other object of the class shares the shape", True),
+    "object_id": Column(pl.String, "id of the (first) target object, e.g. 'polyp-1'", "lesion-1"),
+    "is_largest": Column(
+        pl.Boolean, "the target object is clearly the largest of its class (null for multi)", False
+    ),
+    "is_smallest": Column(
+        pl.Boolean, "the target object is clearly the smallest of its class", False
+    ),
+    "is_leftmost": Column(
+        pl.Boolean, "the target object is clearly the leftmost of its class", False
+    ),
+    "is_rightmost": Column(
+        pl.Boolean, "the target object is clearly the rightmost of its class", False
+    ),
+    "is_uppermost": Column(
+        pl.Boolean, "the target object is clearly the uppermost of its class", False
+    ),
+    "is_lowermost": Column(
+        pl.Boolean, "the target object is clearly the lowermost of its class", False
+    ),
+    "class_min_area_frac": Column(
+        pl.Float64, "lower area_fraction_bounds of the target class in the manifest (or null)", None
+    ),
+    "class_max_area_frac": Column(
+        pl.Float64, "upper area_fraction_bounds of the target class in the manifest (or null)", None
+    ),
+    "claims_unique": Column(
+        pl.Boolean,
+        "no other object of the target's class fits every claim of the query (null for multi)",
+        True,
+    ),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,11 @@ from medground.config.errors import ConfigError, Problem, choices_text, suggest
 from medground.config.rules import RuleExample, RuleFile, RuleSpec
 from medground.config.validation import validate_document
 from medground.config.yamlload import LoadedYaml, load_yaml
-from medground.resources import load_schema
+from medground.resources import load_schema, resource_dir
+
+# Importing these modules registers the claim and evidence columns that rules may name.
+from medground.verify import claims as _claims  # noqa: F401
+from medground.verify import evidence as _evidence  # noqa: F401
 from medground.verify.columns import SAMPLE_COLUMNS, table_schema
 
 logger = logging.getLogger(__name__)
@@ -80,7 +84,8 @@ def compile_condition(
             [
                 loaded.problem(
                     where,
-                    f"rule {rule_id}: unknown column '{name}' in {text!r}; {suggest(name, SAMPLE_COLUMNS)}"
+                    f"rule {rule_id}: unknown column '{name}' in {text!r}; "
+                    f"{suggest(name, SAMPLE_COLUMNS)}"
                     f"available columns: {choices_text(SAMPLE_COLUMNS, limit=200)}",
                 )
             ]
@@ -125,7 +130,10 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
         loaded = load_yaml(Path(path))
         if loaded.data is None:
             raise ConfigError([Problem(Path(path), "empty rule file; add a 'rules:' list")])
-        document = validate_document(loaded, schema, RuleFile)
+        try:
+            document = validate_document(loaded, schema, RuleFile)
+        except ConfigError as exc:
+            raise ConfigError([_name_rule(loaded, p) for p in exc.problems]) from exc
         problems: list[Problem] = []
         for index, spec in enumerate(document.rules):
             where = ("rules", index)
@@ -154,8 +162,8 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
                     loaded.problem(
                         (*where, "id"),
                         f"override of unknown rule '{override.id}'; "
-                        f"{suggest(override.id, [r.id for r in ruleset.rules])}rules must be loaded "
-                        "from an earlier file",
+                        f"{suggest(override.id, [r.id for r in ruleset.rules])}"
+                        "rules must be loaded from an earlier file",
                     )
                 )
                 continue
@@ -189,6 +197,21 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
             raise ConfigError(problems)
         ruleset.files.append(Path(path))
     return ruleset
+
+
+def _name_rule(loaded: LoadedYaml, problem: Problem) -> Problem:
+    """Prefix a schema problem inside ``rules[i]`` or ``overrides[i]`` with that rule's id."""
+    parts = (problem.key or "").split(".")
+    if len(parts) < 2 or parts[0] not in ("rules", "overrides") or not parts[1].isdigit():
+        return problem
+    items = loaded.data.get(parts[0]) if isinstance(loaded.data, dict) else None
+    index = int(parts[1])
+    if not isinstance(items, list) or index >= len(items) or not isinstance(items[index], dict):
+        return problem
+    rule_id = items[index].get("id")
+    if rule_id is None:
+        return problem
+    return replace(problem, message=f"rule {rule_id}: {problem.message}")
 
 
 def _compile(
@@ -269,6 +292,39 @@ class ExampleResult:
     def ok(self) -> bool:
         """True when the rule gave the expected verdict."""
         return self.expected == self.actual
+
+
+def rule_verdicts(ruleset: RuleSet, sample: pl.DataFrame) -> list[tuple[CompiledRule, str, str]]:
+    """Return each rule's verdict on a one-row sample table: pass, fail or skip.
+
+    The third item is the rule's rendered message for a failing row, else ''.
+    """
+    if sample.height != 1:
+        raise ValueError(f"rule_verdicts needs exactly one sample row, got {sample.height}")
+    verdicts = sample.select(_verdict_columns(ruleset.rules)).row(0)
+    results = []
+    for index, rule in enumerate(ruleset.rules):
+        applies, fired = verdicts[2 * index], verdicts[2 * index + 1]
+        if not applies:
+            results.append((rule, "skip", ""))
+            continue
+        if not fired:
+            results.append((rule, "pass", ""))
+            continue
+        fields = sample.select(list(dict.fromkeys(rule.message_fields))).row(0, named=True)
+        message = rule.spec.message.format(**{k: _show(v) for k, v in fields.items()})
+        results.append((rule, "fail", message))
+    return results
+
+
+# Files in rules/ that are not rule files.
+NON_RULE_FILES = ("cues.yaml", "lexicon.yaml")
+
+
+def builtin_rule_files() -> list[Path]:
+    """Return the built-in rule files in name order (cue and lexicon files excluded)."""
+    folder = resource_dir("rules")
+    return sorted(p for p in folder.glob("*.yaml") if p.name not in NON_RULE_FILES)
 
 
 def example_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:

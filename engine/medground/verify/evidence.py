@@ -1,0 +1,98 @@
+"""Image evidence per target object: is the object visible in the image at all?
+
+Two measures on the grey image, scaled to 0..1 by the image's own intensity range:
+
+- ``evidence_cnr``: contrast-to-noise ratio between the object and a ring of background
+  around it (the object dilated by :data:`RING_PX` pixels, minus the object):
+  ``|mean_inside - mean_ring| / std_ring``.
+- ``evidence_edge``: mean Sobel gradient magnitude on the object's boundary pixels,
+  leaving out boundary pixels on the image border (a cut there is not an edge in the image).
+
+Both are computed only for objects that a single or relational target describes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+from scipy import ndimage
+from skimage.filters import sobel
+
+from medground.verify.columns import Column, register_columns
+
+logger = logging.getLogger(__name__)
+
+RING_PX = 5
+# The ring's standard deviation is floored at this share of the intensity range, so a flat
+# background (a synthetic image, a padded border) gives a large finite CNR, not a division by 0.
+STD_FLOOR = 0.005
+MIN_RING_PIXELS = 10
+
+EVIDENCE_COLUMNS: dict[str, Column] = {
+    "evidence_cnr": Column(
+        pl.Float64,
+        f"contrast-to-noise ratio of the target object against a {RING_PX}-px ring around it "
+        "(null for multi, a flat image or an object without background around it)",
+        3.0,
+    ),
+    "evidence_edge": Column(
+        pl.Float64,
+        "mean Sobel gradient on the target object's boundary, intensity scaled to 0..1 by the "
+        "image's range (null for multi or a flat image)",
+        0.1,
+    ),
+}
+register_columns(EVIDENCE_COLUMNS)
+
+
+def intensity_range(grey: np.ndarray) -> tuple[float, float]:
+    """Return the minimum and maximum of an ``(H, W)`` grey image."""
+    return float(grey.min()), float(grey.max())
+
+
+def measure_evidence(
+    grey: np.ndarray,
+    mask_crop: np.ndarray,
+    bbox_xyxy: tuple[int, int, int, int],
+    value_range: tuple[float, float],
+) -> tuple[float | None, float | None]:
+    """Return ``(cnr, edge)`` of one object.
+
+    Args:
+        grey: the ``(H, W)`` grey image.
+        mask_crop: the object's ``(y1 - y0, x1 - x0)`` boolean mask inside its box.
+        bbox_xyxy: the object's half-open box in image pixels.
+        value_range: the image's minimum and maximum intensity.
+
+    Returns:
+        The contrast-to-noise ratio and the boundary gradient; each is None when it cannot
+        be measured (a flat image, or fewer than ``MIN_RING_PIXELS`` background pixels).
+    """
+    low, high = value_range
+    span = high - low
+    if span <= 0:
+        return None, None
+    height, width = grey.shape
+    x0, y0, x1, y1 = bbox_xyxy
+    pad = RING_PX + 1
+    wx0, wy0 = max(0, x0 - pad), max(0, y0 - pad)
+    wx1, wy1 = min(width, x1 + pad), min(height, y1 + pad)
+    window = (grey[wy0:wy1, wx0:wx1].astype(np.float32) - low) / span
+    mask = np.zeros(window.shape, dtype=bool)
+    mask[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = mask_crop
+
+    ring = ndimage.binary_dilation(mask, iterations=RING_PX) & ~mask
+    cnr = None
+    if int(ring.sum()) >= MIN_RING_PIXELS:
+        around = window[ring]
+        cnr = float(abs(window[mask].mean() - around.mean()) / max(around.std(), STD_FLOOR))
+
+    boundary = mask & ~ndimage.binary_erosion(mask, border_value=1)
+    rows, cols = np.nonzero(boundary)
+    on_border = (rows + wy0 == 0) | (cols + wx0 == 0)
+    on_border |= (rows + wy0 == height - 1) | (cols + wx0 == width - 1)
+    rows, cols = rows[~on_border], cols[~on_border]
+    edge = float(sobel(window)[rows, cols].mean()) if rows.size else None
+    return cnr, edge
