@@ -80,7 +80,8 @@ def compile_condition(
             [
                 loaded.problem(
                     where,
-                    f"rule {rule_id}: unknown column '{name}' in {text!r}; {suggest(name, SAMPLE_COLUMNS)}"
+                    f"rule {rule_id}: unknown column '{name}' in {text!r}; "
+                    f"{suggest(name, SAMPLE_COLUMNS)}"
                     f"available columns: {choices_text(SAMPLE_COLUMNS, limit=200)}",
                 )
             ]
@@ -154,8 +155,8 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
                     loaded.problem(
                         (*where, "id"),
                         f"override of unknown rule '{override.id}'; "
-                        f"{suggest(override.id, [r.id for r in ruleset.rules])}rules must be loaded "
-                        "from an earlier file",
+                        f"{suggest(override.id, [r.id for r in ruleset.rules])}"
+                        "rules must be loaded from an earlier file",
                     )
                 )
                 continue
