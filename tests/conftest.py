@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from PIL import Image
 
 from medground.cli import main
 
@@ -75,3 +77,47 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if result.exit_code != 0:
         pytest.fail(f"mgr run demo.yaml exited with {result.exit_code}:\n{result.output}")
     return folder / "out" / "demo-phantom"
+
+
+# A label-map manifest for the small datasets the tests write; {root} is filled per test.
+TINY_MANIFEST = """\
+name: tiny
+modality: other
+root: {root}
+images:
+  glob: images/*.png
+masks:
+  - encoding: label_map
+    path: labels/{{stem}}.png
+    labels: {{1: lesion}}
+classes:
+  - name: lesion
+objects:
+  min_object_px: 4
+"""
+
+
+def square_labels(height: int = 80, width: int = 96, value: int = 1) -> np.ndarray:
+    """Return an ``(H, W)`` uint8 label map with one 32 x 32 square at x 16..48, y 24..56."""
+    labels = np.zeros((height, width), np.uint8)
+    labels[24:56, 16:48] = value
+    return labels
+
+
+def write_image(path: Path, array: np.ndarray, **save_options: object) -> Path:
+    """Save an array with Pillow, making the parent folders; return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **save_options)
+    return path
+
+
+def tiny_dataset(folder: Path, cases: int = 1) -> Path:
+    """Write ``cases`` good image/label pairs and the manifest; return the manifest path."""
+    rng = np.random.default_rng(0)
+    for index in range(cases):
+        picture = rng.integers(0, 255, (80, 96), dtype=np.uint8)
+        write_image(folder / "images" / f"good{index}.png", picture)
+        write_image(folder / "labels" / f"good{index}.png", square_labels())
+    manifest = folder / "tiny.yaml"
+    manifest.write_text(TINY_MANIFEST.format(root="."), encoding="utf-8")
+    return manifest
