@@ -132,3 +132,12 @@ def test_busi_normal_mask_is_empty(shared_data: Path) -> None:
     path = shared_data / "busi-breast-ultrasound/Dataset_BUSI_with_GT/normal/normal (1)_mask.png"
     with Image.open(path) as mask:
         assert not np.asarray(mask).any()
+
+
+def test_isbi_crowded_class_gets_relations(dataset_runs: dict[str, Path]) -> None:
+    # About 100 cells per slice: more than max_multi_objects, so no all-cells target,
+    # but "the largest cell profile" still names one object.
+    records = _records(dataset_runs["isbi2012-em-membrane"])
+    tasks = {r["task"] for r in records}
+    assert "relation" in tasks
+    assert "multi" not in tasks

@@ -244,3 +244,85 @@ def test_rerun_of_demo_is_identical(tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert "batch(es) reused" in second.output
     assert records.read_bytes() == before
+
+
+def _neighbour_words(value: float, bounds: list[float], words: tuple[str, ...], margin: Any) -> set:
+    """Words an observer may use for a value: both neighbours when it is near a bound."""
+    margins = margin if isinstance(margin, list) else [margin] * len(bounds)
+    for index, (bound, near) in enumerate(zip(bounds, margins, strict=True)):
+        if abs(value - bound) < near:
+            return {words[index], words[index + 1]}
+    return {_band(value, bounds, words, margins)}
+
+
+def _possible_cues(obj: RefObject, width: int, height: int) -> dict[str, set]:
+    """Every word per cue that a reader might apply to an object, from the cue thresholds."""
+    size = CUE_THRESHOLDS["size"]
+    position = CUE_THRESHOLDS["position"]
+    size_bounds = [size["tiny"], size["small"], size["medium"]]
+    cx, cy = obj.centroid_xy[0] / width, obj.centroid_xy[1] / height
+    side = _reference_cues(obj, width, height)["image_side"]
+    return {
+        "size": _neighbour_words(
+            obj.area / (width * height),
+            size_bounds,
+            SIZE_WORDS,
+            [size["margin"] * b for b in size_bounds],
+        ),
+        "vertical": _neighbour_words(
+            cy, position["grid"], ("upper", "middle", "lower"), position["margin"]
+        ),
+        "horizontal": _neighbour_words(
+            cx, position["grid"], ("left", "centre", "right"), position["margin"]
+        ),
+        "image_side": {side} if side else {"left", "right"},
+    }
+
+
+def _tells_apart(stated: dict[str, Any], other: dict[str, set], keys: tuple[str, ...]) -> bool:
+    """True when a stated word on some key is not a word a reader might use for ``other``."""
+    return any(stated[k] not in other[k] for k in keys)
+
+
+def _ambiguity(record: dict[str, Any], objects: list[RefObject]) -> str | None:
+    """Name the cues of a query when another object of its class may share all of them."""
+    width, height = record["image"]["width"], record["image"]["height"]
+    target = record["targets"][0]
+    own = _matching(objects, target)[0]
+    stated = _reference_cues(own, width, height)
+    others = [
+        _possible_cues(o, width, height)
+        for o in objects
+        if o.class_name == target["class"] and o != own
+    ]
+    query = record["query"].lower()
+    if _stated_words(query, SHAPE_WORDS):
+        return None  # shape may single the object out; this reference does not measure shape
+    checks = []
+    if _stated_words(query, SIZE_WORDS):
+        checks.append(("size",))
+    if "side of the image" in query:
+        checks.append(("image_side",))
+    if record["cues"].get("position") and record["cues"]["position"] in query:
+        checks.append(("vertical", "horizontal"))
+    for other in others:
+        if checks and not any(_tells_apart(stated, other, keys) for keys in checks):
+            return ", ".join("/".join(keys) for keys in checks)
+    return None
+
+
+@pytest.mark.parametrize("name", ALL_RUNS)
+def test_single_queries_are_unambiguous(name: str, request: pytest.FixtureRequest) -> None:
+    folder = _run_folder(request, name)
+    manifest = _manifest_for(folder, name)
+    ambiguous = []
+    for record in _records(folder):
+        if record["task"] != "single" or record["cues"]["class_count"] < 2:
+            continue
+        objects = reference_objects(manifest, record)
+        if not _matching(objects, record["targets"][0]):
+            continue  # reported by test_boxes_match_reference_components
+        cue = _ambiguity(record, objects)
+        if cue is not None:
+            ambiguous.append((record["id"], record["query"], cue))
+    assert ambiguous == [], f"queries whose cue another object may share: {ambiguous[:5]}"
