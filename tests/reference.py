@@ -27,7 +27,7 @@ DEFAULT_THRESHOLD = 127
 
 @dataclass(frozen=True)
 class RefObject:
-    """One object as the reference sees it: class, box, pixel area and centroid (x, y)."""
+    """One reference object: class, mask file, box, pixel area and centroid (x, y)."""
 
     class_name: str
     file: str

@@ -50,9 +50,9 @@ def _plausible(
 def _unique_flags(frame: pl.DataFrame) -> pl.DataFrame:
     """Add ``<cue>_unique``: the object's word is not plausible for any other of its class.
 
-    ``<cue>_plausible`` lists the words each object may be called by; an object near a
-    band edge, or not measured, has several, so it keeps "the medium-sized polyp" from
-    being unique when the other polyp is borderline medium-sized.
+    ``<cue>_plausible`` lists the words each object may be called by. An object near a
+    band edge, or not measured, has several, so a borderline second polyp keeps "the
+    medium-sized polyp" from counting as unique.
     """
     group = ["image_key", "class"]
     frame = frame.with_row_index("_row")
