@@ -32,6 +32,49 @@ def _banded(
     return expr.otherwise(pl.lit(words[-1]))
 
 
+def _plausible(
+    column: pl.Expr, bounds: tuple[float, ...], words: tuple[str, ...], margins: list[pl.Expr]
+) -> pl.Expr:
+    """List the words an observer may use for a value: both neighbours near a bound."""
+    expr = pl.when(pl.lit(False)).then(pl.concat_list([pl.lit(None, pl.String)]))
+    for index, (bound, margin) in enumerate(zip(bounds, margins, strict=True)):
+        near = (column - bound).abs() < margin
+        expr = expr.when(near).then(
+            pl.concat_list([pl.lit(words[index]), pl.lit(words[index + 1])])
+        )
+    for bound, word in zip(bounds, words, strict=False):
+        expr = expr.when(column < bound).then(pl.concat_list([pl.lit(word)]))
+    return expr.otherwise(pl.concat_list([pl.lit(words[-1])]))
+
+
+def _unique_flags(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``<cue>_unique``: the object's word is not plausible for any other of its class.
+
+    ``<cue>_plausible`` lists the words each object may be called by. An object near a
+    band edge, or not measured, has several, so a borderline second polyp keeps "the
+    medium-sized polyp" from counting as unique.
+    """
+    group = ["image_key", "class"]
+    frame = frame.with_row_index("_row")
+    for cue in _UNIQUE_CUES:
+        counts = (
+            frame.select(*group, "_row", pl.col(f"{cue}_plausible").alias("_word"))
+            .explode("_word")
+            .drop_nulls("_word")
+            .unique()
+            .group_by(*group, "_word")
+            .agg(pl.len().alias("_sharing"))
+        )
+        frame = (
+            frame.join(counts, left_on=[*group, cue], right_on=[*group, "_word"], how="left")
+            .with_columns(
+                (pl.col(cue).is_not_null() & (pl.col("_sharing") == 1)).alias(f"{cue}_unique")
+            )
+            .drop("_sharing")
+        )
+    return frame.sort("_row").drop("_row", *(f"{cue}_plausible" for cue in _UNIQUE_CUES))
+
+
 def add_cues(objects: pl.DataFrame, thresholds: CueThresholds) -> pl.DataFrame:
     """Add cue columns to an object table.
 
@@ -105,12 +148,28 @@ def add_cues(objects: pl.DataFrame, thresholds: CueThresholds) -> pl.DataFrame:
         .otherwise(pl.concat_str([pl.col("vertical"), pl.col("horizontal")], separator=" ")),
         patient_side=patient_side,
     )
-    # A cue singles an object out when no other object of its class shares the word.
-    return with_cues.with_columns(
-        [
-            (pl.col(cue).is_not_null() & (pl.len().over(["image_key", "class", cue]) == 1)).alias(
-                f"{cue}_unique"
-            )
-            for cue in _UNIQUE_CUES
-        ]
+    size_words = _plausible(
+        pl.col("area_frac"), size_bounds, SIZE_WORDS, [size.margin * b for b in size_bounds]
     )
+    grid_margins = [position.margin] * len(grid)
+    vertical_words = _plausible(pl.col("cy_frac"), grid, GRID_VERTICAL, grid_margins)
+    horizontal_words = _plausible(pl.col("cx_frac"), grid, GRID_HORIZONTAL, grid_margins)
+    position_words = pl.concat_list(
+        [
+            pl.concat_str([vertical_words.list.get(v), horizontal_words.list.get(h)], separator=" ")
+            for v in (0, -1)
+            for h in (0, -1)
+        ]
+    ).list.eval(pl.element().replace("middle centre", "centre"))
+    with_plausible = with_cues.with_columns(
+        size_plausible=size_words,
+        position_plausible=position_words,
+        image_side_plausible=pl.when(pl.col("image_side").is_null())
+        .then(pl.concat_list([pl.lit("left"), pl.lit("right")]))
+        .otherwise(pl.concat_list([pl.col("image_side")])),
+        # Unmeasured or borderline shapes might be called by any shape word.
+        shape_plausible=pl.when(pl.col("shape").is_null())
+        .then(pl.concat_list([pl.lit(word) for word in SHAPE_WORDS]))
+        .otherwise(pl.concat_list([pl.col("shape")])),
+    )
+    return _unique_flags(with_plausible)

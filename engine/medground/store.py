@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,8 +163,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     half-written file under the final name.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # Created with open() rather than mkstemp(), whose 0600 mode would survive the rename,
+    # so the output file gets the permissions the user's umask allows, as any new file does.
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    temporary.open("xb").close()
     try:
         yield Path(temporary)
         os.replace(temporary, path)

@@ -70,9 +70,11 @@ def select_targets(
     for row in rows:
         by_class.setdefault(row["class"], []).append(row)
     for name, group in by_class.items():
-        if len(group) < 2 or len(group) > spec.max_multi_objects:
+        if len(group) < 2:
             continue
-        if spec.multi:
+        # The cap bounds the boxes of one all-objects target; a relation such as "the
+        # largest cell" names one object, so it stays available in crowded classes.
+        if spec.multi and len(group) <= spec.max_multi_objects:
             targets.append(_target("multi", name, group, None))
         if spec.relation and spec.max_relation_per_class > 0:
             options = [

@@ -1,0 +1,157 @@
+"""The ``mgr`` command line: help texts, and malformed inputs that must fail cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from medground.cli import main
+from support import invoke, square_labels, tiny_dataset, write_image
+
+SUBCOMMANDS = sorted(main.commands)
+
+
+def test_main_help_lists_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in SUBCOMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help_describes_options(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    for option in main.commands[command].params:
+        if option.param_type_name != "option" or option.name == "help":
+            continue
+        assert option.help, f"mgr {command} {option.opts[0]} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "unit"),
+    [
+        ("run", "--batch-size", "images"),
+        ("run", "--limit", "images"),
+        ("demo", "--images", "images"),
+        ("preview", "--n", "records"),
+    ],
+    ids=["batch-size", "limit", "demo-images", "preview-count"],
+)
+def test_help_states_units(command: str, option: str, unit: str) -> None:
+    param = next(p for p in main.commands[command].params if option in p.opts)
+    assert unit in param.help.lower()
+
+
+# Each row edits the tiny manifest's text; the run must stop before reading any image.
+CONFIG_CASES = [
+    ("unknown-key", "classes:", "mask_glob: labels/*.png\nclasses:", "mask_glob"),
+    ("wrong-type", "min_object_px: 4", "min_object_px: many", "'many'"),
+    ("missing-root", "root: .", "root: no/such/folder", "no/such/folder"),
+    ("bad-encoding", "encoding: label_map", "encoding: labelmap", "'labelmap'"),
+    ("unknown-class", "{1: lesion}", "{1: tumour}", "tumour"),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [row[1:] for row in CONFIG_CASES],
+    ids=[row[0] for row in CONFIG_CASES],
+)
+def test_bad_manifest_fails_cleanly(tmp_path: Path, old: str, new: str, named: str) -> None:
+    manifest = tiny_dataset(tmp_path)
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    result = invoke("run", manifest, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert str(manifest) in result.output
+    assert named in result.output
+
+
+def test_missing_manifest_fails_cleanly(tmp_path: Path) -> None:
+    result = invoke("run", tmp_path / "absent.yaml", "--out", tmp_path / "out")
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "absent.yaml" in result.output
+
+
+def test_no_images_fails_cleanly(tmp_path: Path) -> None:
+    manifest = tiny_dataset(tmp_path)
+    for path in (tmp_path / "images").iterdir():
+        path.unlink()
+    result = invoke("run", manifest, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "images/*.png" in result.output
+
+
+def _truncated_png(folder: Path) -> str:
+    path = write_image(folder / "images" / "cut.png", np.full((80, 96), 90, np.uint8))
+    path.write_bytes(path.read_bytes()[:60])
+    write_image(folder / "labels" / "cut.png", square_labels())
+    return "cut.png"
+
+
+def _empty_mask(folder: Path) -> str:
+    write_image(folder / "images" / "blank.png", np.full((80, 96), 90, np.uint8))
+    write_image(folder / "labels" / "blank.png", np.zeros((80, 96), np.uint8))
+    return "blank.png"
+
+
+def _size_mismatch(folder: Path) -> str:
+    write_image(folder / "images" / "wide.png", np.full((80, 96), 90, np.uint8))
+    write_image(folder / "labels" / "wide.png", square_labels(height=80, width=100))
+    return "100x80"
+
+
+def _unknown_label(folder: Path) -> str:
+    write_image(folder / "images" / "odd.png", np.full((80, 96), 90, np.uint8))
+    write_image(folder / "labels" / "odd.png", square_labels(value=7))
+    return "7"
+
+
+def _no_mask(folder: Path) -> str:
+    write_image(folder / "images" / "lonely.png", np.full((80, 96), 90, np.uint8))
+    return "lonely.png"
+
+
+def _unreadable_mask(folder: Path) -> str:
+    write_image(folder / "images" / "junk.png", np.full((80, 96), 90, np.uint8))
+    (folder / "labels" / "junk.png").write_bytes(b"not an image at all")
+    return "junk.png"
+
+
+# (case, writer of the bad pair returning a word the message must name, stage, rule id)
+REJECTION_CASES: list[tuple[str, Callable[[Path], str], str, str]] = [
+    ("truncated-png", _truncated_png, "load", "load.unreadable_image"),
+    ("empty-mask", _empty_mask, "objects", "objects.empty_mask"),
+    ("size-mismatch", _size_mismatch, "load", "load.mask_size_mismatch"),
+    ("unknown-label", _unknown_label, "load", "load.unknown_label"),
+    ("no-mask", _no_mask, "discover", "discover.unpaired_image"),
+    ("unreadable-mask", _unreadable_mask, "load", "load.unreadable_mask"),
+]
+
+
+@pytest.mark.parametrize(
+    ("write_bad", "stage", "rule_id"),
+    [row[1:] for row in REJECTION_CASES],
+    ids=[row[0] for row in REJECTION_CASES],
+)
+def test_bad_input_is_recorded(
+    tmp_path: Path, write_bad: Callable[[Path], str], stage: str, rule_id: str
+) -> None:
+    manifest = tiny_dataset(tmp_path)
+    named = write_bad(tmp_path)
+    result = invoke("run", manifest, "--out", tmp_path / "out")
+    rejected = pl.read_parquet(tmp_path / "out" / "tiny" / "rejected.parquet")
+    row = rejected.filter(pl.col("rule_id") == rule_id)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "1 records accepted" in result.output
+    assert row.height == 1, rejected.to_dicts()
+    assert row.item(0, "stage") == stage
+    assert named in row.item(0, "message")
