@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from medground.store import RunStore, atomic_path
+from medground.store import REJECTION_SCHEMA, RunStore, atomic_path
 
 if TYPE_CHECKING:
     from medground.runner import Pipeline, RunOptions, RunSummary
@@ -105,6 +105,22 @@ def write_records(store: RunStore, out: Path) -> int:
     return count
 
 
+def write_rejections(store: RunStore, out: Path) -> int:
+    """Write ``rejected.parquet``, streaming from the store; return the row count."""
+    count = 0
+    empty = pl.DataFrame(schema=REJECTION_SCHEMA).to_arrow()
+    with (
+        atomic_path(out / "rejected.parquet") as temporary,
+        pq.ParquetWriter(temporary, empty.schema) as parquet,
+    ):
+        for frame in store.iter_rejection_frames(_CHUNK):
+            parquet.write_table(frame.to_arrow().cast(empty.schema))
+            count += frame.height
+        if count == 0:
+            parquet.write_table(empty)
+    return count
+
+
 def write_outputs(
     store: RunStore,
     out: Path,
@@ -119,13 +135,11 @@ def write_outputs(
     from medground.runner import RunSummary
 
     accepted = write_records(store, out)
-    rejected = store.rejections_frame()
-    with atomic_path(out / "rejected.parquet") as temporary:
-        rejected.write_parquet(temporary)
+    rejected = write_rejections(store, out)
     stats = store.batch_stats()
     seconds = time.perf_counter() - started
-    write_report(out, pipeline, stats, rejected, accepted, seconds)
+    write_report(out, pipeline, stats, store.rejection_counts(), accepted, seconds)
     if options.previews:
         write_previews(out, n=options.preview_count, seed=pipeline.seed)
     images = sum(s["images"] for s in stats)
-    return RunSummary(out, images, accepted, rejected.height, seconds, resumed)
+    return RunSummary(out, images, accepted, rejected, seconds, resumed)
