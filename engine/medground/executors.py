@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
@@ -79,6 +81,31 @@ def _pool_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext
     return context
 
 
+_PARENT_POLL_SECONDS = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Start a thread in a pool worker that ends the worker once ``parent_pid`` is gone.
+
+    A pool worker waits on a queue whose write end it holds itself, so it never sees
+    end-of-file when the main process is killed (SIGKILL, out-of-memory killer) and would
+    otherwise keep running.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL_SECONDS)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                # The process exists but belongs to someone else: the pid was reused.
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mgr-parent-watch", daemon=True).start()
+
+
 class ProcessExecutor:
     """Runs calls in a pool of ``workers`` processes on this machine.
 
@@ -90,7 +117,11 @@ class ProcessExecutor:
         preload: modules the fork server imports before it forks the workers.
     """
 
-    def __init__(self, workers: int, preload: Sequence[str] = ("medground.extract",)):
+    def __init__(
+        self,
+        workers: int,
+        preload: Sequence[str] = ("medground.executors", "medground.extract"),
+    ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers
@@ -99,7 +130,12 @@ class ProcessExecutor:
 
     def __enter__(self) -> ProcessExecutor:
         context = _pool_context(self.preload)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=context,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
         logger.debug(
             "started a process pool of %d workers (%s)", self.workers, context.get_start_method()
         )
