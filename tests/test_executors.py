@@ -210,10 +210,10 @@ def test_records_identical_for_1_and_2_workers(
     dataset: tuple[Path, Path | None], tmp_path: Path
 ) -> None:
     manifest, root = dataset
-    one, _ = _run(manifest, root, tmp_path / "w1", workers=1)
-    two, _ = _run(manifest, root, tmp_path / "w2", workers=2)
-    assert one, "the run accepted no record, so the comparison would prove nothing"
-    assert one == two
+    single, _ = _run(manifest, root, tmp_path / "w1", workers=1)
+    parallel, _ = _run(manifest, root, tmp_path / "w2", workers=2)
+    assert single, "the run accepted no record, so the comparison would prove nothing"
+    assert single == parallel
 
 
 @needs_dask

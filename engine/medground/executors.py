@@ -1,8 +1,8 @@
 """Executors for the per-image stages: in-process, a local process pool, or Dask.
 
-Every executor has the same small interface: it is a context manager that starts its
-workers on entry and stops them on exit, and :meth:`Executor.map` applies a picklable
-function to a list of items and returns the results in the order of the items. The
+Every executor is a context manager that starts its workers on entry and stops them on
+exit. Its :meth:`Executor.map` applies a picklable function to a list of items and
+returns the results in the order of the items. The
 runner creates one executor per run and calls ``map`` once per batch, so worker start-up
 is paid once.
 """
