@@ -20,7 +20,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "PIL", "matplotlib"):
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "PIL", "matplotlib", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -76,6 +76,34 @@ def main(verbose: int, quiet: bool) -> None:
     "after the last finished batch.",
 )
 @click.option("--no-preview", is_flag=True, help="Skip the PNG contact sheets.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes for the per-image stages (load, objects, targets); default: all "
+    "cores (os.cpu_count()). 1 runs them in the main process. With --executor dask and "
+    "no --scheduler, the number of local Dask workers.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="Where the per-image stages run: a local process pool, or dask.distributed "
+    "(needs the 'dask' extra).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDR",
+    default=None,
+    help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (with "
+    "--executor dask); default: start a local cluster on 127.0.0.1.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Draw per-stage progress bars on stderr; default: only when stderr is a terminal.",
+)
 def run(
     manifest: Path,
     out_dir: Path,
@@ -84,10 +112,22 @@ def run(
     seed: int | None,
     batch_size: int,
     no_preview: bool,
+    workers: int | None,
+    executor: str,
+    scheduler: str | None,
+    progress: bool | None,
 ) -> None:
     """Run the whole pipeline for one dataset manifest."""
+    from medground.executors import ExecutorError
     from medground.runner import RunError, RunOptions
     from medground.runner import run as run_pipeline
+
+    if scheduler is not None and executor != "dask":
+        _fail(f"--scheduler {scheduler} needs --executor dask; the local executor has none")
+    if scheduler is not None and workers is not None:
+        logger.warning(
+            "--workers %d is ignored with --scheduler: the cluster has its own workers", workers
+        )
 
     options = RunOptions(
         out_dir=out_dir,
@@ -96,13 +136,17 @@ def run(
         seed=seed,
         batch_size=batch_size,
         previews=not no_preview,
+        workers=workers,
+        executor="dask" if executor == "dask" else "local",
+        scheduler=scheduler,
+        progress=progress,
     )
     try:
         summary = run_pipeline(manifest, options)
     except ConfigError as exc:
         _fail(f"invalid configuration:\n{exc}")
         return
-    except RunError as exc:
+    except (RunError, ExecutorError) as exc:
         _fail(f"run failed: {exc}")
         return
     resumed = f", {summary.resumed_batches} batch(es) reused" if summary.resumed_batches else ""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from medground.store import RunStore, atomic_path
+from medground.store import REJECTION_SCHEMA, RunStore, atomic_path
 
 if TYPE_CHECKING:
     from medground.runner import Pipeline, RunOptions, RunSummary
@@ -112,6 +112,22 @@ SAMPLE_VERDICT_COLUMNS: dict[str, pl.DataType] = {
 RULE_FILES_KEY = b"medground.rule_files"
 
 
+def write_rejections(store: RunStore, out: Path) -> int:
+    """Write ``rejected.parquet``, streaming from the store; return the row count."""
+    count = 0
+    empty = pl.DataFrame(schema=REJECTION_SCHEMA).to_arrow()
+    with (
+        atomic_path(out / "rejected.parquet") as temporary,
+        pq.ParquetWriter(temporary, empty.schema) as parquet,
+    ):
+        for frame in store.iter_rejection_frames(_CHUNK):
+            parquet.write_table(frame.to_arrow().cast(empty.schema))
+            count += frame.height
+        if count == 0:
+            parquet.write_table(empty)
+    return count
+
+
 def write_samples(store: RunStore, out: Path, rule_files: list[Path]) -> int:
     """Write ``samples.parquet``: every sample row the rules saw, with its verdict.
 
@@ -154,13 +170,11 @@ def write_outputs(
 
     accepted = write_records(store, out)
     write_samples(store, out, pipeline.rules.files)
-    rejected = store.rejections_frame()
-    with atomic_path(out / "rejected.parquet") as temporary:
-        rejected.write_parquet(temporary)
+    rejected = write_rejections(store, out)
     stats = store.batch_stats()
     seconds = time.perf_counter() - started
-    write_report(out, pipeline, stats, rejected, accepted, seconds)
+    write_report(out, pipeline, stats, store.rejection_counts(), accepted, seconds)
     if options.previews:
         write_previews(out, n=options.preview_count, seed=pipeline.seed)
     images = sum(s["images"] for s in stats)
-    return RunSummary(out, images, accepted, rejected.height, seconds, resumed)
+    return RunSummary(out, images, accepted, rejected, seconds, resumed)

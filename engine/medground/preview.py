@@ -75,12 +75,38 @@ def _sheet(tiles: list[Image.Image], path: Path) -> None:
         sheet.save(temporary, format="PNG")
 
 
-def _records(run_dir: Path) -> list[dict[str, Any]]:
+def _sample_records(run_dir: Path, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Draw ``n`` records of ``records.jsonl`` in two passes, holding only the drawn ones.
+
+    The draw equals ``rng.sample(all_records, n)``, because :func:`random.sample` picks
+    positions from the population's length alone.
+    """
     path = run_dir / "records.jsonl"
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        count = sum(1 for line in handle if line.strip())
+    positions = rng.sample(range(count), min(n, count))
+    wanted = set(positions)
+    found: dict[int, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as handle:
+        lines = (line for line in handle if line.strip())
+        for position, line in enumerate(lines):
+            if position in wanted:
+                found[position] = json.loads(line)
+    return [found[p] for p in positions]
+
+
+def _sample_rejections(path: Path, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Draw ``n`` rejections that have a query, reading only the drawn rows into memory."""
+    with_query = pl.scan_parquet(path).filter(pl.col("query").is_not_null())
+    count = with_query.select(pl.len()).collect().item()
+    positions = rng.sample(range(count), min(n, count))
+    picked = (
+        with_query.with_row_index("position").filter(pl.col("position").is_in(positions)).collect()
+    )
+    by_position = {row["position"]: row for row in picked.iter_rows(named=True)}
+    return [by_position[p] for p in positions]
 
 
 def write_previews(run_dir: Path, n: int = 24, seed: int = 0) -> list[Path]:
@@ -96,8 +122,7 @@ def write_previews(run_dir: Path, n: int = 24, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     written: list[Path] = []
 
-    records = _records(run_dir)
-    chosen = rng.sample(records, min(n, len(records)))
+    chosen = _sample_records(run_dir, n, rng)
     tiles = []
     for record in chosen:
         boxes = [
@@ -109,9 +134,7 @@ def write_previews(run_dir: Path, n: int = 24, seed: int = 0) -> list[Path]:
 
     rejected_path = run_dir / "rejected.parquet"
     if rejected_path.is_file():
-        rejected = pl.read_parquet(rejected_path).filter(pl.col("query").is_not_null())
-        rows = rejected.to_dicts()
-        picked = rng.sample(rows, min(n, len(rows)))
+        picked = _sample_rejections(rejected_path, n, rng)
         tiles = []
         for row in picked:
             targets = json.loads(row["targets_json"] or "[]")

@@ -45,11 +45,15 @@ def _distribution(title: str, counts: Counter[str]) -> list[str]:
 def render_report(
     pipeline: Pipeline,
     stats: list[dict[str, Any]],
-    rejected: pl.DataFrame,
+    rejection_counts: pl.DataFrame,
     accepted: int,
     seconds: float,
 ) -> str:
-    """Render the report of a finished run."""
+    """Render the report of a finished run.
+
+    ``rejection_counts`` has one row per stage and rule (:meth:`RunStore.rejection_counts`),
+    so the report's memory does not grow with the number of rejections.
+    """
     loaded = pipeline.loaded
     manifest = loaded.manifest
     discovery = next((s["discovery"] for s in stats if "discovery" in s), {})
@@ -71,12 +75,12 @@ def render_report(
         "",
     ]
 
-    by_stage = Counter(rejected.get_column("stage").to_list()) if rejected.height else Counter()
-    removed = (
-        int((rejected.get_column("rule_id") == "objects.min_object_size").sum())
-        if rejected.height
-        else 0
-    )
+    by_stage: Counter[str] = Counter()
+    removed = 0
+    for row in rejection_counts.iter_rows(named=True):
+        by_stage[row["stage"]] += row["count"]
+        if row["rule_id"] == "objects.min_object_size":
+            removed += row["count"]
     funnel = [
         ("images found", discovery.get("images_found", _sum(stats, "images"))),
         ("images paired with masks", discovery.get("paired", _sum(stats, "images"))),
@@ -94,26 +98,17 @@ def render_report(
     lines += _table(("step", "count"), funnel) + [""]
 
     lines += ["## Rejections by stage and rule", ""]
-    if rejected.height:
-        grouped = (
-            rejected.group_by(["stage", "rule_id"], maintain_order=True)
-            .agg(
-                pl.len().alias("count"),
-                pl.col("key").first().alias("example"),
-                pl.col("message").first().alias("message"),
-            )
-            .sort(["stage", "count"], descending=[False, True])
-        )
+    if rejection_counts.height:
         rows = [
             (r["stage"], f"`{r['rule_id']}`", r["count"], f"`{r['example']}`", _short(r["message"]))
-            for r in grouped.iter_rows(named=True)
+            for r in rejection_counts.iter_rows(named=True)
         ]
         lines += _table(("stage", "rule", "count", "example id", "example message"), rows)
     else:
         lines.append("No rejections.")
     lines.append("")
 
-    lines += _rule_table(pipeline, stats, rejected)
+    lines += _rule_table(pipeline, stats, rejection_counts)
 
     lines += ["## Unpaired and skipped files", ""]
     unpaired = discovery.get("unpaired_images", [])
@@ -162,20 +157,14 @@ def render_report(
 
 
 def _rule_table(
-    pipeline: Pipeline, stats: list[dict[str, Any]], rejected: pl.DataFrame
+    pipeline: Pipeline, stats: list[dict[str, Any]], rejection_counts: pl.DataFrame
 ) -> list[str]:
     """List every rule in force with its rejections and warnings and one example id each."""
     rejected_by: Counter[str] = Counter()
     rejected_example: dict[str, str] = {}
-    if rejected.height:
-        rule_rows = rejected.filter(pl.col("stage") == "rules")
-        for rule_id, key in zip(
-            rule_rows.get_column("rule_id").to_list(),
-            rule_rows.get_column("key").to_list(),
-            strict=True,
-        ):
-            rejected_by[rule_id] += 1
-            rejected_example.setdefault(rule_id, key)
+    for row in rejection_counts.filter(pl.col("stage") == "rules").iter_rows(named=True):
+        rejected_by[row["rule_id"]] += row["count"]
+        rejected_example.setdefault(row["rule_id"], row["example"])
     warned_by = _merge(stats, "warnings_by_rule")
     warned_example: dict[str, str] = {}
     for batch in stats:
@@ -227,13 +216,13 @@ def write_report(
     out: Path,
     pipeline: Pipeline,
     stats: list[dict[str, Any]],
-    rejected: pl.DataFrame,
+    rejection_counts: pl.DataFrame,
     accepted: int,
     seconds: float,
 ) -> Path:
     """Write ``report.md`` atomically and return its path."""
     path = out / "report.md"
-    write_text_atomic(path, render_report(pipeline, stats, rejected, accepted, seconds))
+    write_text_atomic(path, render_report(pipeline, stats, rejection_counts, accepted, seconds))
     json_path = out / "stats.json"
     write_text_atomic(json_path, json.dumps(stats, indent=1))
     return path

@@ -4,6 +4,11 @@ Stages per batch: load and objects (per image, :mod:`medground.extract`), cues
 (vectorised over the batch's objects), synthesis, format check, rules (vectorised over
 the batch's samples), judge. Each finished batch is committed to ``run.sqlite``; the
 output files are written from there once all batches are done.
+
+The per-image stages run on an executor (:mod:`medground.executors`): in this process,
+in a local process pool or on Dask. While the main process runs the batch-wide stages of
+one batch, the executor already works on the next one, so at most two batches of image
+results are in memory at a time, whatever the dataset size.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +39,16 @@ from medground.config.loader import (
     resolve_declared_file,
 )
 from medground.cues import add_cues
+from medground.executors import (
+    Executor,
+    ExecutorKind,
+    InlineExecutor,
+    default_workers,
+    make_executor,
+)
 from medground.extract import ImageResult, image_key_for, process_item
 from medground.io.pairing import Discovery, ImageItem, discover
+from medground.progress import StageProgress, stderr_is_terminal
 from medground.resources import load_schema
 from medground.samples import build_record, sample_row, target_cues
 from medground.split import assign_splits
@@ -62,6 +77,20 @@ class RunOptions:
     batch_size: int = 64
     previews: bool = True
     preview_count: int = 24
+    workers: int | None = None
+    executor: ExecutorKind = "local"
+    scheduler: str | None = None
+    progress: bool | None = None
+
+    @property
+    def worker_count(self) -> int:
+        """Worker processes for the per-image stages; ``None`` means all cores."""
+        return self.workers if self.workers is not None else default_workers()
+
+    @property
+    def show_progress(self) -> bool:
+        """Draw progress bars; ``None`` means only when stderr is a terminal."""
+        return self.progress if self.progress is not None else stderr_is_terminal()
 
 
 @dataclass
@@ -225,28 +254,47 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
         batches = [
             items[i : i + options.batch_size] for i in range(0, len(items), options.batch_size)
         ]
-        for number, batch in enumerate(batches):
-            if number in done:
-                continue
-            records, rejections, stats, samples = run_batch(pipeline, batch, out / "slices")
-            if number == 0:
-                rejections = _discovery_rejections(manifest.name, discovery) + rejections
-                stats["discovery"] = {
-                    "images_found": len(discovery.items) + len(discovery.unpaired_images),
-                    "paired": len(discovery.items),
-                    "used": len(items),
-                    "unpaired_images": discovery.unpaired_images,
-                    "unpaired_masks": discovery.unpaired_masks,
-                    "unmatched_images": discovery.unmatched_images,
-                }
-            store.commit_batch(number, len(batch), records, rejections, stats, samples)
-            logger.info(
-                "batch %d/%d: %d records, %d rejections",
-                number + 1,
-                len(batches),
-                len(records),
-                len(rejections),
+        todo = [(number, batch) for number, batch in enumerate(batches) if number not in done]
+        images_done = len(items) - sum(len(batch) for _, batch in todo)
+        executor = make_executor(options.executor, options.worker_count, options.scheduler)
+        show = options.show_progress
+        with (
+            executor,
+            StageProgress(len(items), images_done, enabled=show) as progress,
+        ):
+            image_fn = partial(
+                process_item,
+                manifest=manifest,
+                root=pipeline.loaded.root,
+                cues=pipeline.cues,
+                slice_dir=out / "slices",
             )
+            for number, batch, results, waited in _map_batches(executor, image_fn, todo):
+                progress.advance("images", len(batch))
+                records, rejections, stats, samples = finish_batch(
+                    pipeline, [r for item_results in results for r in item_results], progress
+                )
+                stats["timings"]["wait_for_workers"] = waited
+                if number == 0:
+                    rejections = _discovery_rejections(manifest.name, discovery) + rejections
+                    stats["discovery"] = {
+                        "images_found": len(discovery.items) + len(discovery.unpaired_images),
+                        "paired": len(discovery.items),
+                        "used": len(items),
+                        "unpaired_images": discovery.unpaired_images,
+                        "unpaired_masks": discovery.unpaired_masks,
+                        "unmatched_images": discovery.unmatched_images,
+                    }
+                store.commit_batch(number, len(batch), records, rejections, stats, samples)
+                progress.advance("commit", len(batch))
+                logger.log(
+                    logging.DEBUG if show else logging.INFO,
+                    "batch %d/%d: %d records, %d rejections",
+                    number + 1,
+                    len(batches),
+                    len(records),
+                    len(rejections),
+                )
 
         from medground.outputs import write_outputs
 
@@ -296,21 +344,74 @@ def _discovery_rejections(dataset: str, discovery: Discovery) -> list[dict[str, 
     return rows
 
 
+def _map_batches(
+    executor: Executor,
+    image_fn: Callable[[ImageItem], list[ImageResult]],
+    todo: Sequence[tuple[int, list[ImageItem]]],
+) -> Iterator[tuple[int, list[ImageItem], list[list[ImageResult]], float]]:
+    """Yield ``(number, batch, results, seconds waited)`` for each batch, in order.
+
+    With an executor that has its own workers, a helper thread hands the next batch to
+    the executor before this one is yielded, so the workers and the main process work at
+    the same time. The in-process executor gains nothing from that and runs in turn.
+    """
+    if isinstance(executor, InlineExecutor):
+        for number, batch in todo:
+            clock = time.perf_counter()
+            results = executor.map(image_fn, batch)
+            yield number, batch, results, time.perf_counter() - clock
+        return
+
+    feeder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgr-feeder")
+    try:
+        pending: tuple[int, list[ImageItem], Future[list[list[ImageResult]]]] | None = None
+        for number, batch in todo:
+            future = feeder.submit(executor.map, image_fn, batch)
+            if pending is not None:
+                yield _collect(pending)
+            pending = (number, batch, future)
+        if pending is not None:
+            yield _collect(pending)
+    finally:
+        feeder.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(
+    pending: tuple[int, list[ImageItem], Future[list[list[ImageResult]]]],
+) -> tuple[int, list[ImageItem], list[list[ImageResult]], float]:
+    number, batch, future = pending
+    clock = time.perf_counter()
+    results = future.result()
+    return number, batch, results, time.perf_counter() - clock
+
+
 def run_batch(
-    pipeline: Pipeline, batch: list[ImageItem], slice_dir: Path
+    pipeline: Pipeline, batch: list[ImageItem], slice_dir: Path, executor: Executor | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
-    """Run every stage for one batch of images.
+    """Run every stage for one batch of images (per-image stages on ``executor``)."""
+    image_fn = partial(
+        process_item,
+        manifest=pipeline.loaded.manifest,
+        root=pipeline.loaded.root,
+        cues=pipeline.cues,
+        slice_dir=slice_dir,
+    )
+    per_item = (executor or InlineExecutor()).map(image_fn, batch)
+    return finish_batch(pipeline, [r for results in per_item for r in results])
+
+
+def finish_batch(
+    pipeline: Pipeline, results: list[ImageResult], progress: StageProgress | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Run the batch-wide stages on one batch's image results, given in item order.
 
     Returns:
         Accepted records, rejections, statistics, and the sample-table rows the rules
         saw (every candidate that passed the format check, with its rule verdict).
     """
     manifest = pipeline.loaded.manifest
-    root = pipeline.loaded.root
     timings: Counter[str] = Counter()
-
-    results = [res for item in batch
-               for res in process_item(item, manifest, root, pipeline.cues, slice_dir)]
+    progress = progress or StageProgress(0, enabled=False)
     rejections = [r for res in results for r in res.rejections]
     for res in results:
         timings.update(res.timings)
@@ -318,6 +419,7 @@ def run_batch(
     clock = time.perf_counter()
     _attach_cues(results, pipeline.cues)
     timings["cues"] += time.perf_counter() - clock
+    progress.advance("cues", len(results))
 
     clock = time.perf_counter()
     requests = [
@@ -337,6 +439,7 @@ def run_batch(
     candidates, synth_rejections = pipeline.synthesizer.synthesize(requests)
     rejections.extend(r.__dict__ for r in synth_rejections)
     timings["synthesis"] += time.perf_counter() - clock
+    progress.advance("synthesis", len(results))
 
     clock = time.perf_counter()
     by_key = {res.image_key: res for res in results}
@@ -367,6 +470,7 @@ def run_batch(
         bounds = spec.area_fraction_bounds if spec is not None else None
         rows.append(sample_row(record, res, target, res.orientation, bounds))
     timings["format"] += time.perf_counter() - clock
+    progress.advance("format", len(results))
 
     clock = time.perf_counter()
     accepted: list[dict[str, Any]] = []
@@ -394,6 +498,7 @@ def run_batch(
             }
             accepted.append(record)
     timings["rules"] += time.perf_counter() - clock
+    progress.advance("rules", len(results))
 
     # Splits hash the group id, so assigning them batch by batch gives the same answer as
     # assigning them over the whole dataset at once.

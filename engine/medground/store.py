@@ -29,6 +29,8 @@ REJECTION_COLUMNS = (
     "targets_json",
 )
 
+REJECTION_SCHEMA: dict[str, pl.DataType] = dict.fromkeys(REJECTION_COLUMNS, pl.String())
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -141,11 +143,44 @@ class RunStore:
             yield body
 
     def rejections_frame(self) -> pl.DataFrame:
-        """Return every rejection in run order."""
-        rows = self.connection.execute(
+        """Return every rejection in run order, all in memory (for tests and small runs)."""
+        frames = list(self.iter_rejection_frames())
+        if not frames:
+            return pl.DataFrame(schema=REJECTION_SCHEMA)
+        return pl.concat(frames)
+
+    def iter_rejection_frames(self, chunk_rows: int = 10_000) -> Iterator[pl.DataFrame]:
+        """Yield the rejections in run order as frames of at most ``chunk_rows`` rows."""
+        cursor = self.connection.execute(
             "SELECT " + ", ".join(REJECTION_COLUMNS) + " FROM rejections ORDER BY batch, seq"
+        )
+        while rows := cursor.fetchmany(chunk_rows):
+            yield pl.DataFrame(rows, schema=REJECTION_SCHEMA, orient="row")
+
+    def rejection_counts(self) -> pl.DataFrame:
+        """Count rejections per stage and rule, with the first one's key and message.
+
+        Columns: ``stage``, ``rule_id``, ``count``, ``example`` (key), ``message``; rows
+        sorted by stage, then by count (descending), then by first occurrence.
+        """
+        # SQLite takes the bare columns key and message from the row where MIN() is
+        # reached, which is the group's first rejection in run order.
+        rows = self.connection.execute(
+            "SELECT stage, rule_id, COUNT(*) AS count, key, message, "
+            "MIN(batch * 4294967296 + seq) AS first FROM rejections "
+            "GROUP BY stage, rule_id ORDER BY stage, count DESC, first"
         ).fetchall()
-        return pl.DataFrame(rows, schema=dict.fromkeys(REJECTION_COLUMNS, pl.String), orient="row")
+        return pl.DataFrame(
+            [row[:5] for row in rows],
+            schema={
+                "stage": pl.String,
+                "rule_id": pl.String,
+                "count": pl.Int64,
+                "example": pl.String,
+                "message": pl.String,
+            },
+            orient="row",
+        )
 
     def batch_stats(self) -> list[dict[str, Any]]:
         """Return the statistics of every committed batch, in batch order."""

@@ -1,0 +1,220 @@
+"""Benchmark the offline pipeline against decoding alone, per stage, per executor, and memory.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=engine python bench/bench_pipeline.py --work /tmp/mgr-bench \
+        --synthetic 10000 --memory-counts 1000 10000 --json /tmp/mgr-bench/results.json
+
+Each pipeline run is ``mgr run ... --no-preview --no-progress`` in a subprocess, timed
+from start to exit (so interpreter and worker start-up are included), while a sampler
+reads the resident set size (RSS) of the whole process tree every 50 ms with psutil.
+Decoding alone reads every image and mask file of the same items with Pillow into NumPy
+arrays in one process, which is the floor that no pipeline can beat with one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "engine"))
+
+from medground.config.loader import load_manifest  # noqa: E402
+from medground.demo import write_demo  # noqa: E402
+from medground.io.pairing import discover  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SHARED_2D = (
+    "isbi2012-em-membrane",
+    "kvasir-seg",
+    "hc18-fetal-head",
+    "busi-breast-ultrasound",
+    "ph2-dermoscopy",
+)
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine: cores, memory and CPU model."""
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": model,
+        "python": platform.python_version(),
+    }
+
+
+def decode_only(manifest_path: Path, root: Path | None) -> dict[str, Any]:
+    """Decode every paired image and mask file once; return images, files and seconds."""
+    loaded = load_manifest(manifest_path, root)
+    items = discover(loaded.manifest, loaded.root).items
+    files = 0
+    started = time.perf_counter()
+    for item in items:
+        for relative in [item.image, *item.all_masks]:
+            with Image.open(loaded.root / relative) as image:
+                np.asarray(image)
+            files += 1
+    seconds = time.perf_counter() - started
+    return {"images": len(items), "files": files, "seconds": seconds}
+
+
+class TreeMemorySampler:
+    """Peak RSS of a process and all its descendants, sampled in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid = pid
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+            time.sleep(self.interval)
+
+
+def pipeline_run(
+    manifest_path: Path, root: Path | None, out: Path, extra: list[str]
+) -> dict[str, Any]:
+    """Run ``mgr run`` in a subprocess; return wall seconds, peak tree RSS and stage times."""
+    command = [
+        sys.executable,
+        "-m",
+        "medground.cli",
+        "-q",
+        "run",
+        str(manifest_path),
+        "--out",
+        str(out),
+        "--no-preview",
+        "--no-progress",
+        *(["--root", str(root)] if root else []),
+        *extra,
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "engine")}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, text=True)
+    with TreeMemorySampler(process.pid) as sampler:
+        stdout, _ = process.communicate()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}")
+    run_dir = next(p for p in out.iterdir() if p.is_dir())
+    stats = json.loads((run_dir / "stats.json").read_text())
+    stages: dict[str, float] = {}
+    for batch in stats:
+        for stage, value in batch["timings"].items():
+            stages[stage] = stages.get(stage, 0.0) + value
+    return {
+        "command": " ".join(["mgr", *command[4:]]),
+        "images": sum(b["images"] for b in stats),
+        "seconds": seconds,
+        "peak_rss_mib": sampler.peak_bytes / 2**20,
+        "stages": stages,
+        "summary": stdout.strip(),
+    }
+
+
+def main() -> None:
+    """Run the benchmarks and print (and optionally store) the results as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(os.environ.get("MGR_SHARED_DATA", REPO.parent / "shared" / "data")),
+    )
+    parser.add_argument("--synthetic", type=int, default=10_000, help="synthetic images")
+    parser.add_argument("--size", type=int, default=256, help="synthetic image side in px")
+    parser.add_argument("--memory-counts", type=int, nargs="*", default=[1000, 10_000])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--dask", action="store_true", help="also run the Dask executor")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {"machine": machine(), "argv": sys.argv, "datasets": {}}
+
+    for name in SHARED_2D:
+        root = args.shared / name
+        if not root.is_dir():
+            continue
+        manifest = REPO / "datasets" / f"{name}.yaml"
+        entry = {"decode": decode_only(manifest, root), "runs": {}}
+        for workers in args.workers:
+            out = args.work / "out" / f"{name}-w{workers}"
+            entry["runs"][f"w{workers}"] = pipeline_run(
+                manifest, root, out, ["--workers", str(workers)]
+            )
+        results["datasets"][name] = entry
+        print(json.dumps({name: entry}, indent=1), flush=True)
+
+    counts = sorted({args.synthetic, *args.memory_counts})
+    for count in counts:
+        data = args.work / f"synthetic-{count}"
+        manifest = data / "demo.yaml"
+        if not manifest.is_file():
+            write_demo(data, count=count, seed=0, size=args.size)
+        entry = {"decode": decode_only(manifest, None), "runs": {}}
+        configurations: list[tuple[str, list[str]]] = [
+            (f"w{w}", ["--workers", str(w)]) for w in args.workers
+        ]
+        if args.dask and count == args.synthetic:
+            configurations.append(("dask2", ["--executor", "dask", "--workers", "2"]))
+        for label, extra in configurations:
+            out = args.work / "out" / f"synthetic-{count}-{label}"
+            entry["runs"][label] = pipeline_run(manifest, None, out, extra)
+        results["datasets"][f"synthetic-{count}"] = entry
+        print(json.dumps({f"synthetic-{count}": entry}, indent=1), flush=True)
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
