@@ -156,6 +156,10 @@ class FakeOpenAIServer:
         model: Model name echoed in replies.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    Attributes:
+        requests: Every request received, in arrival order.
+        max_in_flight: Largest number of requests handled at the same time.
     """
 
     def __init__(
@@ -175,6 +179,8 @@ class FakeOpenAIServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._reply_count = 0
+        self._in_flight = 0
+        self.max_in_flight = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -184,7 +190,10 @@ class FakeOpenAIServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="fake-openai-server", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-openai-server",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -244,6 +253,15 @@ class FakeOpenAIServer:
             return self.responder(request)
         return json_reply({})
 
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
     def _next_reply_id(self) -> str:
         with self._lock:
             self._reply_count += 1
@@ -259,6 +277,13 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             return
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            server._enter()
+            try:
+                self._handle_post()
+            finally:
+                server._leave()
+
+        def _handle_post(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             try:
