@@ -1,0 +1,1 @@
+"""VLM access through litellm: client, rate limits, images and prompts."""
