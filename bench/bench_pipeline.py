@@ -160,10 +160,50 @@ def pipeline_run(
     }
 
 
+def render_markdown(results: dict[str, Any]) -> str:
+    """Render stored results as the Markdown tables of ``docs/benchmarks.md``."""
+    lines = [
+        "| dataset | images | decode-only img/s | config | wall s | img/s | "
+        "share of decode-only | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    stage_lines = [
+        "| dataset | config | load | objects | targets | cues | synthesis | format | rules | "
+        "wait_for_workers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["datasets"].items():
+        decode = entry["decode"]
+        decode_rate = decode["images"] / decode["seconds"]
+        for label, run in entry["runs"].items():
+            rate = run["images"] / run["seconds"]
+            lines.append(
+                f"| {name} | {run['images']} | {decode_rate:,.0f} | {label} | "
+                f"{run['seconds']:.1f} | {rate:,.1f} | {100 * rate / decode_rate:.1f} % | "
+                f"{run['peak_rss_mib']:.0f} |"
+            )
+            per_image = {k: 1000 * v / run["images"] for k, v in run["stages"].items()}
+            cells = [
+                f"{per_image.get(stage, 0.0):.2f}"
+                for stage in (
+                    "load",
+                    "objects",
+                    "targets",
+                    "cues",
+                    "synthesis",
+                    "format",
+                    "rules",
+                    "wait_for_workers",
+                )
+            ]
+            stage_lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", "Stage times in ms per image:", "", *stage_lines])
+
+
 def main() -> None:
     """Run the benchmarks and print (and optionally store) the results as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="scratch folder")
+    parser.add_argument("--work", type=Path, help="scratch folder (required unless --render)")
     parser.add_argument(
         "--shared",
         type=Path,
@@ -175,7 +215,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--dask", action="store_true", help="also run the Dask executor")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument(
+        "--render", type=Path, help="print stored results (from --json) as Markdown and exit"
+    )
     args = parser.parse_args()
+    if args.render:
+        print(render_markdown(json.loads(args.render.read_text())))
+        return
+    if args.work is None:
+        parser.error("--work is required to run the benchmarks")
 
     results: dict[str, Any] = {"machine": machine(), "argv": sys.argv, "datasets": {}}
 
