@@ -184,7 +184,8 @@ class VlmSynthesizer:
         self, request: SynthesisRequest
     ) -> tuple[list[QueryCandidate], list[Rejection]]:
         try:
-            messages = self._build_messages(request)
+            # Decoding, resizing and PNG encoding run in a thread to keep the event loop free.
+            messages = await asyncio.to_thread(self._build_messages, request)
         except ImageLoadError as exc:
             return [], [self._reject(request, STAGE, "vlm.image_unreadable", str(exc))]
         if isinstance(messages, Rejection):

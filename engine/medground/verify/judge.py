@@ -189,7 +189,8 @@ class VisualJudge:
                 sample, "judge.no_targets", "the sample has no target boxes to show the judge"
             )
         try:
-            messages = self._build_messages(sample)
+            # Decoding, drawing and PNG encoding run in a thread to keep the event loop free.
+            messages = await asyncio.to_thread(self._build_messages, sample)
         except ImageLoadError as exc:
             return self._failed(sample, "vlm.image_unreadable", str(exc))
 
