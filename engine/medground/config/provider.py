@@ -2,7 +2,7 @@
 
 These models are declarations only: they import nothing from the engine's stages, so a
 manifest model can embed them under its ``synthesizer:`` and ``judge:`` keys. API keys
-never appear here. A config names the environment variable that holds the key
+never appear here. A config names the environment variable that contains the key
 (``api_key_env``), and the key is read from the environment when a client is built.
 """
 
@@ -43,16 +43,16 @@ class BackoffConfig(_Strict):
 
     Retry n (from 0) waits a random time between half and all of
     ``min(max_s, base_s * 2**n)`` seconds. A 429 reply with ``Retry-After`` waits the
-    time the provider asked for instead, and holds all other requests for that time.
+    time the provider asked for instead, and every other request waits for that time too.
     """
 
-    base_s: float = Field(1.0, gt=0, description="first wait, in seconds")
-    max_s: float = Field(60.0, gt=0, description="longest wait between two tries, in seconds")
+    base_s: float = Field(1.0, gt=0, description="wait before the first retry, in seconds")
+    max_s: float = Field(60.0, gt=0, description="maximum wait between two tries, in seconds")
     max_retry_after_s: float = Field(
         300.0,
         gt=0,
         description=(
-            "longest Retry-After the client waits for, in seconds; a longer one fails the "
+            "maximum Retry-After the client waits for, in seconds; a longer one fails the "
             "request with a rejection instead of stalling the run"
         ),
     )
@@ -82,7 +82,7 @@ class ProviderConfig(_Strict):
     """One VLM endpoint reached through litellm, and the limits of a run against it.
 
     ``model`` uses litellm's ``<provider>/<model>`` names, e.g. ``openai/gpt-4o``,
-    ``anthropic/claude-3-5-sonnet-20241022``, ``gemini/gemini-1.5-pro`` or
+    ``anthropic/claude-sonnet-4-5``, ``gemini/gemini-2.5-flash`` or
     ``openai/<name>`` with ``api_base`` for an OpenAI-compatible server.
     """
 
@@ -189,7 +189,7 @@ class AcceptCriterion(_Strict):
 
 
 class JudgeConfig(_Strict):
-    """The visual judge: a VLM that sees the image with boxes drawn and the query."""
+    """The visual judge: a VLM that receives the image with boxes drawn, and the query."""
 
     provider: ProviderConfig
     accept: AcceptCriterion = Field(default_factory=AcceptCriterion)

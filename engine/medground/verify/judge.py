@@ -153,7 +153,7 @@ class VisualJudge:
         loop.
 
         Raises:
-            CostCapReached: The cost cap stopped the batch. ``completed`` holds the
+            CostCapReached: The cost cap stopped the batch. ``completed`` contains the
                 outcomes finished before the stop, ``unfinished`` the other sample ids.
         """
         return asyncio.run(self.ajudge(samples))
