@@ -36,7 +36,7 @@ class Behaviour:
         content: Assistant message text for a 200 reply; a dict or list is sent as JSON text.
         error_message: Message of the OpenAI-style error body for a non-200 reply.
         headers: Extra response headers, e.g. ``{"Retry-After": "1"}``.
-        delay_s: Seconds to wait before answering (latency, or a hang past the timeout).
+        delay_s: Seconds to wait before replying (latency, or a hang past the timeout).
         raw_body: Bytes sent as the body instead of a JSON reply (a malformed response).
         prompt_tokens: Input token count reported in ``usage``.
         completion_tokens: Output token count reported in ``usage``.
@@ -150,7 +150,7 @@ class FakeOpenAIServer:
 
     Args:
         responder: Chooses the behaviour for a request when the script queue is empty.
-            Without one, an empty queue answers ``{}``.
+            Without one, requests after the queue get ``{}``.
         expected_api_key: When set, a request whose bearer token differs gets a 401, as
             a real provider does for a wrong key.
         model: Model name echoed in replies.

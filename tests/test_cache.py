@@ -100,7 +100,7 @@ def test_put_is_visible_to_another_connection(tmp_path: Path) -> None:
         request_key="img1",
     )
 
-    # A second connection sees the row without the writer closing: it was committed.
+    # A second connection reads the row while the writer is open, so it was committed.
     reader = ResponseCache(db)
     hit = reader.get("k1")
     assert hit is not None
@@ -244,6 +244,6 @@ def test_killed_run_resumes_without_repeating(tmp_path: Path) -> None:
 
     assert len(candidates) == 6
     assert rejections == []
-    # The resumed run asks only for replies not cached when the first run died.
+    # The resumed run requests only the replies not cached when the first run died.
     assert server.request_count - sent_by_killed_run == 6 - cached
     assert scan_for_secret(tmp_path / "run") == []

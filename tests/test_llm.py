@@ -327,6 +327,24 @@ def test_cost_cap_counts_earlier_runs(server: FakeOpenAIServer, tmp_path: Any) -
     assert server.request_count == 2
 
 
+def test_clients_sharing_cache_share_budget(server: FakeOpenAIServer, tmp_path: Any) -> None:
+    price = PriceConfig(input_per_1m_usd=10_000, output_per_1m_usd=0)
+    cache = ResponseCache(tmp_path / "run.sqlite")
+    synthesis = VlmClient(provider_config(server, price=price, cost_cap_usd=5.0), cache=cache)
+    judge = VlmClient(provider_config(server, price=price, cost_cap_usd=1.5), cache=cache)
+
+    complete(synthesis, "a", [{"role": "user", "content": "JSON a"}])
+    complete(synthesis, "b", [{"role": "user", "content": "JSON b"}])
+
+    # The judge's own cap of $1.50 is already passed by the run's $2 of synthesis.
+    with pytest.raises(CostCapReached) as caught:
+        asyncio.run(
+            judge.complete(stage="judge", request_key="s1", messages=MESSAGES, parse=parse_object)
+        )
+    assert caught.value.spent_usd == pytest.approx(2.0)
+    assert server.request_count == 2
+
+
 def test_concurrency_is_bounded() -> None:
     with FakeOpenAIServer(lambda request: json_reply({"ok": True}, delay_s=0.15)) as server:
         client = VlmClient(provider_config(server, max_concurrency=2))

@@ -35,7 +35,7 @@ def write_png(path: Path, width: int = 96, height: int = 64, *, seed: int = 0) -
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, mode="RGB").save(path)
+    Image.fromarray(pixels).save(path)
     return path
 
 

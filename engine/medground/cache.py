@@ -1,10 +1,10 @@
 """SQLite cache of validated VLM replies, and a ledger of every paid call.
 
 The runner passes ``<run_dir>/run.sqlite``; this module owns the tables prefixed
-``vlm_``. A reply is written and committed as soon as it has been validated, before the
-caller records any result from it, so a run killed at any point and started again finds
-every reply it had paid for and repeats no successful call. Failed and invalid replies
-are never cached, so a resumed run asks again for those.
+``vlm_``. A reply is committed as soon as it has been validated, before the caller
+records any result from it. A run killed at any point and started again therefore finds
+every reply it had paid for, and repeats no successful call. Failed and invalid replies
+are never cached, so a resumed run sends those requests again.
 
 What is stored: the cache key (a sha256, see :func:`cache_key`), the stage, the model,
 the reply text, token counts and cost. Never stored: API keys, request headers or the
@@ -64,8 +64,8 @@ class CachedReply:
 
     Attributes:
         cache_key: sha256 hex digest the reply is stored under.
-        stage: Stage that asked, e.g. ``synthesis`` or ``judge``.
-        model: litellm model name that answered.
+        stage: Stage that sent the request, e.g. ``synthesis`` or ``judge``.
+        model: litellm model name that produced the reply.
         content: The assistant message text as received.
         prompt_tokens: Input tokens of the original call.
         completion_tokens: Output tokens of the original call.
@@ -117,7 +117,7 @@ def cache_key(
     """Hash everything that changes a reply into a cache key.
 
     Args:
-        stage: Stage that asks, so identical prompts of two stages never share replies.
+        stage: Stage that sends the request, so identical prompts of two stages never share replies.
         model: litellm model name.
         api_base: Endpoint URL, or None for the provider's default.
         messages: Chat messages as sent; base64 images are replaced by the sha256 of
@@ -169,11 +169,14 @@ class ResponseCache:
             # possibly the last ones on power loss.
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            row = self._conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM vlm_calls").fetchone()
         except sqlite3.Error as exc:
             raise RuntimeError(
                 f"cannot open the VLM cache database {self.db_path}: {exc}; check that the "
                 "folder is writable and the file is an SQLite database"
             ) from exc
+        # A running total, so that the cost cap check before each request costs no query.
+        self._spent_usd = float(row[0])
 
     def close(self) -> None:
         """Close the connection; later calls raise ``sqlite3.ProgrammingError``."""
@@ -279,12 +282,16 @@ class ResponseCache:
                     _now(),
                 ),
             )
+            self._spent_usd += cost_usd
 
     def spent_usd(self) -> float:
-        """Sum the cost of every call in the ledger, across all runs on this file."""
+        """Return the cost of every call in the ledger, across all runs on this file.
+
+        The total is read when the file is opened and then counts the calls recorded
+        through this object; calls that another process records meanwhile are missing.
+        """
         with self._lock:
-            row = self._conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM vlm_calls").fetchone()
-        return float(row[0])
+            return self._spent_usd
 
     def call_summary(self) -> list[dict[str, Any]]:
         """Sum calls, tokens and cost per stage, model and outcome, for the run report."""

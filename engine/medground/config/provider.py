@@ -2,7 +2,7 @@
 
 These models are declarations only: they import nothing from the engine's stages, so a
 manifest model can embed them under its ``synthesizer:`` and ``judge:`` keys. API keys
-never appear here. A config names the environment variable that holds the key
+never appear here. A config names the environment variable that contains the key
 (``api_key_env``), and the key is read from the environment when a client is built.
 """
 
@@ -43,16 +43,18 @@ class BackoffConfig(_Strict):
 
     Retry n (from 0) waits a random time between half and all of
     ``min(max_s, base_s * 2**n)`` seconds. A 429 reply with ``Retry-After`` waits the
-    time the provider asked for instead, and holds all other requests for that time.
+    time the provider asked for instead, and every other request waits for that time too.
     """
 
-    base_s: float = Field(1.0, gt=0, description="first wait, in seconds")
-    max_s: float = Field(60.0, gt=0, description="longest wait between two tries, in seconds")
+    base_s: float = Field(default=1.0, gt=0, description="wait before the first retry, in seconds")
+    max_s: float = Field(
+        default=60.0, gt=0, description="maximum wait between two tries, in seconds"
+    )
     max_retry_after_s: float = Field(
-        300.0,
+        default=300.0,
         gt=0,
         description=(
-            "longest Retry-After the client waits for, in seconds; a longer one fails the "
+            "maximum Retry-After the client waits for, in seconds; a longer one fails the "
             "request with a rejection instead of stalling the run"
         ),
     )
@@ -82,40 +84,45 @@ class ProviderConfig(_Strict):
     """One VLM endpoint reached through litellm, and the limits of a run against it.
 
     ``model`` uses litellm's ``<provider>/<model>`` names, e.g. ``openai/gpt-4o``,
-    ``anthropic/claude-3-5-sonnet-20241022``, ``gemini/gemini-1.5-pro`` or
+    ``anthropic/claude-sonnet-4-5``, ``gemini/gemini-2.5-flash`` or
     ``openai/<name>`` with ``api_base`` for an OpenAI-compatible server.
     """
 
     model: str = Field(min_length=1)
-    api_base: str | None = Field(None, description="endpoint URL; None uses the provider's")
+    api_base: str | None = Field(default=None, description="endpoint URL; None uses the provider's")
     api_key_env: str | None = Field(
-        None,
+        default=None,
         description=(
             "name of the environment variable holding the API key; None lets litellm read "
             "the provider's usual variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...)"
         ),
     )
-    temperature: float = Field(0.2, ge=0, le=2)
-    max_tokens: int = Field(1024, gt=0, description="maximum output tokens per reply")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=1024, gt=0, description="maximum output tokens per reply")
     timeout_s: float = Field(
-        60.0, gt=0, description="time limit for one HTTP request, whole reply included, in s"
+        default=60.0,
+        gt=0,
+        description="time limit for one HTTP request, whole reply included, in s",
     )
-    max_concurrency: int = Field(4, ge=1, description="requests in flight at once")
-    requests_per_minute: float | None = Field(None, gt=0)
+    max_concurrency: int = Field(default=4, ge=1, description="requests in flight at once")
+    requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(
-        None, gt=0, description="input plus maximum output tokens per minute (estimated)"
+        default=None, gt=0, description="input plus maximum output tokens per minute (estimated)"
     )
-    max_retries: int = Field(5, ge=0, description="retries after the first try of a request")
-    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    max_retries: int = Field(
+        default=5, ge=0, description="retries after the first try of a request"
+    )
+    # Sharing one default instance is safe because the models are frozen.
+    backoff: BackoffConfig = BackoffConfig()
     cost_cap_usd: float | None = Field(
-        None, ge=0, description="stop starting requests once the run has spent this much"
+        default=None, ge=0, description="stop starting requests once the run has spent this much"
     )
     price: PriceConfig | None = None
     max_image_side_px: int = Field(
-        1024, ge=32, description="longer image side sent to the model; boxes stay in pixels"
+        default=1024, ge=32, description="longer image side sent to the model; boxes stay in pixels"
     )
     json_response: bool = Field(
-        True, description="ask the provider for JSON output (response_format json_object)"
+        default=True, description="ask the provider for JSON output (response_format json_object)"
     )
     extra_headers: dict[str, str] = Field(
         default_factory=dict, description="non-secret HTTP headers sent with every request"
@@ -185,20 +192,20 @@ class AcceptCriterion(_Strict):
 
     supported: bool = True
     unique: bool = True
-    min_confidence: float = Field(0.7, ge=0, le=1)
+    min_confidence: float = Field(default=0.7, ge=0, le=1)
 
 
 class JudgeConfig(_Strict):
-    """The visual judge: a VLM that sees the image with boxes drawn and the query."""
+    """The visual judge: a VLM that receives the image with boxes drawn, and the query."""
 
     provider: ProviderConfig
-    accept: AcceptCriterion = Field(default_factory=AcceptCriterion)
+    accept: AcceptCriterion = AcceptCriterion()
     draw_other_candidates: bool = Field(
-        True, description="draw the image's other objects in a second colour"
+        default=True, description="draw the image's other objects in a second colour"
     )
     prompt_template: str = "vlm_judge"
     retry_on_invalid: bool = Field(
-        True, description="ask once more, with the validation error, after an invalid reply"
+        default=True, description="ask once more, with the validation error, after an invalid reply"
     )
 
     @field_validator("prompt_template")
@@ -213,15 +220,16 @@ class VlmSynthConfig(_Strict):
     kind: Literal["vlm"] = "vlm"
     provider: ProviderConfig
     prompt_template: str = Field(
-        "vlm_synthesis", description="template in prompts/ or in the manifest's prompt folder"
+        default="vlm_synthesis",
+        description="template in prompts/ or in the manifest's prompt folder",
     )
     set_of_marks: bool = Field(
-        False, description="also send a copy of the image with numbered boxes drawn"
+        default=False, description="also send a copy of the image with numbered boxes drawn"
     )
     retry_on_invalid: bool = Field(
-        True, description="ask once more, with the validation error, after an invalid reply"
+        default=True, description="ask once more, with the validation error, after an invalid reply"
     )
-    queries_per_image: int = Field(1, ge=1, le=20)
+    queries_per_image: int = Field(default=1, ge=1, le=20)
 
     @field_validator("prompt_template")
     @classmethod

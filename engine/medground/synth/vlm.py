@@ -2,11 +2,12 @@
 
 For each :class:`SynthesisRequest` the synthesiser renders the Jinja prompt with the
 dataset, the image's objects (ids, classes, boxes, cues) and the engine's suggested
-targets, attaches the image (and, with set-of-marks, a copy with numbered boxes), and
-asks for JSON naming, for each query, the ids of the objects it refers to. Replies are
-validated against ``schemas/vlm_query_reply.schema.json`` and against the image's
-object ids. An invalid reply is asked again once with the error quoted, when
-``retry_on_invalid`` is set, and otherwise becomes a ``format`` rejection.
+targets. It attaches the image, plus a copy with numbered boxes when set-of-marks is on.
+The model must reply with JSON that names, for each query, the ids of the objects it
+refers to. Replies are validated against ``schemas/vlm_query_reply.schema.json`` and
+against the image's object ids. After an invalid reply the request is sent once more
+with the error quoted when ``retry_on_invalid`` is set. Otherwise, or when the second
+reply is invalid too, the reply becomes a ``format`` rejection.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class VlmSynthesizer:
         running loop; async callers use :meth:`asynthesize`.
 
         Raises:
-            CostCapReached: The cost cap stopped the batch. ``completed`` holds the
+            CostCapReached: The cost cap stopped the batch. ``completed`` contains the
                 ``(candidates, rejections)`` finished before the stop, and ``unfinished``
                 the image keys that were not synthesised.
         """
@@ -184,7 +185,8 @@ class VlmSynthesizer:
         self, request: SynthesisRequest
     ) -> tuple[list[QueryCandidate], list[Rejection]]:
         try:
-            messages = self._build_messages(request)
+            # Decoding, resizing and PNG encoding run in a thread to keep the event loop free.
+            messages = await asyncio.to_thread(self._build_messages, request)
         except ImageLoadError as exc:
             return [], [self._reject(request, STAGE, "vlm.image_unreadable", str(exc))]
         if isinstance(messages, Rejection):

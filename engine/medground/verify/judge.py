@@ -153,7 +153,7 @@ class VisualJudge:
         loop.
 
         Raises:
-            CostCapReached: The cost cap stopped the batch. ``completed`` holds the
+            CostCapReached: The cost cap stopped the batch. ``completed`` contains the
                 outcomes finished before the stop, ``unfinished`` the other sample ids.
         """
         return asyncio.run(self.ajudge(samples))
@@ -189,7 +189,8 @@ class VisualJudge:
                 sample, "judge.no_targets", "the sample has no target boxes to show the judge"
             )
         try:
-            messages = self._build_messages(sample)
+            # Decoding, drawing and PNG encoding run in a thread to keep the event loop free.
+            messages = await asyncio.to_thread(self._build_messages, sample)
         except ImageLoadError as exc:
             return self._failed(sample, "vlm.image_unreadable", str(exc))
 

@@ -29,8 +29,8 @@ async def gather_until_cap(
 
     Raises:
         Exception: The first exception other than :class:`CostCapReached`; the other
-            items are cancelled, because such an error (a broken template, a bug) would
-            repeat for every item.
+            items are cancelled. Such an error, e.g. a broken template, would repeat for
+            every item.
     """
     semaphore = asyncio.Semaphore(limit)
     results: list[ResultT | None] = [None] * len(items)

@@ -50,8 +50,8 @@ _LIBRARY_LOGGERS = (
 IMAGE_TOKENS_ESTIMATE = 1000
 CHARS_PER_TOKEN_ESTIMATE = 4
 
-# Rejection rule ids of call failures that a later run may succeed on (not cached, so a
-# resumed run asks again).
+# Rejection rule ids of call failures that a later run may succeed on. Failures are not
+# cached, so a resumed run sends these requests again.
 RETRYABLE_RULE_IDS = frozenset(
     {
         "vlm.rate_limited",
@@ -120,7 +120,7 @@ class InvalidReply(Exception):
 
     Raised by the ``parse`` function given to :meth:`VlmClient.complete`. The client
     fills in ``content`` and ``cost_usd`` before re-raising, so the caller can quote the
-    reply when it asks again and account for what the failed reply cost.
+    reply in a second request and account for what the failed reply cost.
 
     Attributes:
         rule_id: Rejection rule id, e.g. ``format.not_json``.
@@ -207,7 +207,7 @@ def import_litellm() -> ModuleType:
     quiet_library_loggers()
     import litellm
 
-    # litellm prints a feedback banner to stdout on every exception unless told not to.
+    # Without suppress_debug_info, litellm prints a feedback banner on every exception.
     litellm.suppress_debug_info = True
     quiet_library_loggers()
     return litellm
@@ -254,7 +254,7 @@ class VlmClient:
     Args:
         config: The provider settings.
         cache: Reply cache and call ledger; None disables caching, and the cost cap then
-            counts only this process's calls.
+            counts only this client's calls.
         limiter: Rate limiter; by default one built from the config's limits.
 
     Raises:
@@ -285,8 +285,7 @@ class VlmClient:
             "extra_headers": dict(sorted(config.extra_headers.items())),
         }
         self._usage: dict[str, StageUsage] = {}
-        self._spent_before = cache.spent_usd() if cache is not None else 0.0
-        self._spent_now = 0.0
+        self._spent_without_cache = 0.0
         self._auth_failure: VlmCallError | None = None
         self._loop_state: _LoopState | None = None
 
@@ -350,8 +349,15 @@ class VlmClient:
 
     @property
     def spent_usd(self) -> float:
-        """Cost of all calls in the ledger, earlier runs on the same file included."""
-        return self._spent_before + self._spent_now
+        """Cost that counts against the cap.
+
+        With a cache, this is the run's whole ledger: all stages and earlier runs on the
+        same file, so clients sharing one :class:`ResponseCache` share one budget.
+        Without a cache, it is this client's own calls.
+        """
+        if self.cache is not None:
+            return self.cache.spent_usd()
+        return self._spent_without_cache
 
     def usage(self) -> dict[str, dict[str, Any]]:
         """Return the counters of this process per stage, as plain dicts."""
@@ -697,7 +703,8 @@ class VlmClient:
         self._limiter.settle(estimated_tokens, prompt_tokens + completion_tokens)
 
         cost = self._reply_cost(response, prompt_tokens, completion_tokens, usage)
-        self._spent_now += cost
+        if self.cache is None:
+            self._spent_without_cache += cost
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
         usage.cost_usd += cost

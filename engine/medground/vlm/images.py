@@ -47,6 +47,7 @@ def load_image_rgb(path: Path) -> Image.Image:
     Raises:
         ImageLoadError: The file is missing or not a readable image.
     """
+    image: Image.Image
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -59,7 +60,7 @@ def load_image_rgb(path: Path) -> Image.Image:
         low, high = float(values.min()), float(values.max())
         span = high - low if high > low else 1.0
         scaled = ((values - low) / span * 255.0).round().astype(np.uint8)
-        image = Image.fromarray(scaled, mode="L")
+        image = Image.fromarray(scaled)
     return image.convert("RGB")
 
 

@@ -104,15 +104,16 @@ def load_prompt_template(name: str, search_dirs: Sequence[Path] = ()) -> PromptT
     """
     file_name = _template_file_name(name)
     folders = [Path(folder) for folder in search_dirs] + [resource_dir("prompts")]
+    loader = jinja2.FileSystemLoader([str(folder) for folder in folders])
     environment = SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader([str(folder) for folder in folders]),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     try:
-        source, filename, _ = environment.loader.get_source(environment, file_name)
+        source, filename, _ = loader.get_source(environment, file_name)
         template = environment.get_template(file_name)
     except jinja2.TemplateNotFound as exc:
         searched = ", ".join(str(folder) for folder in folders)

@@ -2,7 +2,7 @@
 
 Requests are spaced evenly: with a limit of R requests per minute, two request starts
 are at least ``60 / R`` seconds apart, so a run never bursts past the provider's quota
-at its start. Tokens use a bucket that holds one minute of tokens and refills
+at its start. Tokens use a bucket with a capacity of one minute of tokens and refills
 continuously. Token counts are estimates taken before a request is sent (input plus the
 maximum output), corrected with the reported usage afterwards, because providers such
 as OpenAI count ``max_tokens`` against the quota when a request arrives.
