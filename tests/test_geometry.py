@@ -44,8 +44,9 @@ def test_shape_is_height_by_width() -> None:
     mask = np.zeros((30, 50), bool)
     mask[2:5, 40:49] = True
     components = find_components(mask, 2)
-    assert components.labels.shape == (30, 50)
     assert components.bbox_xyxy.tolist() == [[40, 2, 49, 5]]
+    assert components.labels_in((40, 2, 49, 5)).shape == (3, 9)
+    assert components.origin_xy == (40, 2)
 
 
 def test_keep_components_relabels() -> None:
@@ -92,3 +93,39 @@ def test_ring_is_not_solid() -> None:
 def test_empty_mask_is_an_error() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         shape_descriptors(np.zeros((5, 5), bool))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["ring", "ring-touching-border", "two-rings", "open-arc", "empty", "full"],
+)
+def test_fill_holes_matches_scipy(case: str) -> None:
+    from scipy import ndimage
+
+    from medground.geometry import fill_holes
+
+    mask = np.zeros((60, 80), bool)
+    if case in ("ring", "two-rings"):
+        mask[disk((30, 30), 20)] = True
+        mask[disk((30, 30), 17)] = False
+    if case == "two-rings":
+        mask[5:15, 60:75] = True
+        mask[8:12, 63:72] = False
+    if case == "ring-touching-border":
+        mask[disk((10, 10), 15, shape=mask.shape)] = True
+        mask[disk((10, 10), 12, shape=mask.shape)] = False
+    if case == "open-arc":
+        mask[disk((30, 40), 20)] = True
+        mask[disk((30, 40), 17)] = False
+        mask[28:33, 55:62] = False
+    if case == "full":
+        mask[:] = True
+    assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+def test_solidity_of_l_shape_matches_hand_hull() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[:, 0:2] = True
+    mask[8:10, :] = True
+    # Hull of the pixel corners: (0,0), (2,0), (10,8), (10,10), (0,10); shoelace area 68.
+    assert shape_descriptors(mask).solidity == pytest.approx(36 / 68)

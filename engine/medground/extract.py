@@ -240,7 +240,7 @@ def _find_objects(
             continue
         if class_mask.instances == "file":
             merged = (kept.labels > 0).astype(np.int32)
-            file_object = measure_labels(merged, 1)
+            file_object = measure_labels(merged, 1, origin_xy=kept.origin_xy)
             found.append(_object_row(result, class_mask, file_object, 0, [1]))
         else:
             for index in range(len(kept)):
@@ -321,7 +321,7 @@ def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
 def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, float]) -> None:
     """Add shape descriptors and image evidence to an object that a query will describe."""
     row = obj.row
-    labels = obj.components.labels[row["y0"] : row["y1"], row["x0"] : row["x1"]]
+    labels = obj.components.labels_in((row["x0"], row["y0"], row["x1"], row["y1"]))
     crop = np.isin(labels, obj.component_ids)
     shape = shape_descriptors(crop)
     row["eccentricity"] = shape.eccentricity

@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import polars as pl
 
 from medground import __version__
@@ -57,6 +56,7 @@ from medground.synth.base import ClassInfo, DatasetInfo, SynthesisRequest, Synth
 from medground.synth.template import TemplateSynthesizer
 from medground.targets import RELATIONS
 from medground.verify.claims import ClaimPatterns, add_claims, add_uniqueness
+from medground.verify.format import RecordChecker
 from medground.verify.rules import RuleSet, evaluate, load_rules
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Pipeline:
     synthesizer: Synthesizer
     declared_files: dict[str, Path]
     seed: int
-    record_validator: jsonschema.Draft202012Validator = field(repr=False)
+    record_checker: RecordChecker = field(repr=False)
 
     @property
     def dataset(self) -> DatasetInfo:
@@ -185,9 +185,9 @@ def load_pipeline(
     declared["phrasings"] = phrasing_path
     for index, path in enumerate(rule_paths):
         declared[f"rules[{index}]"] = path
-    validator = jsonschema.Draft202012Validator(load_schema("record"))
+    checker = RecordChecker(load_schema("record"))
     claims = ClaimPatterns.from_lexicon(lexicon)
-    return Pipeline(loaded, cues, rules, claims, synthesizer, declared, run_seed, validator)
+    return Pipeline(loaded, cues, rules, claims, synthesizer, declared, run_seed, checker)
 
 
 @dataclass
@@ -452,18 +452,9 @@ def finish_batch(
         number = query_numbers[(candidate.image_key, candidate.target_id)]
         query_numbers[(candidate.image_key, candidate.target_id)] += 1
         record = build_record(pipeline.loaded, res, target, candidate, number, pipeline.seed)
-        errors = sorted(pipeline.record_validator.iter_errors(record), key=lambda e: e.path)
-        if errors:
-            first = errors[0]
-            where = "/".join(str(p) for p in first.absolute_path) or "(record)"
-            rejections.append(
-                _rejection(
-                    record,
-                    "format",
-                    "format.record_schema",
-                    f"record field {where}: {first.message}",
-                )
-            )
+        problem = pipeline.record_checker.problem(record)
+        if problem is not None:
+            rejections.append(_rejection(record, "format", "format.record_schema", problem))
             continue
         records.append(record)
         spec = manifest.class_spec(target["class"])

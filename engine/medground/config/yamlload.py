@@ -17,6 +17,10 @@ from medground.config.errors import ConfigError, Problem
 
 PathKey = tuple[str | int, ...]
 
+# libyaml's parser (when PyYAML was built with it) gives the same nodes and marks, faster.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
 
 @dataclass
 class LoadedYaml:
@@ -50,7 +54,7 @@ def parse_yaml(text: str, file: Path) -> LoadedYaml:
         ConfigError: on a syntax error or a key that appears twice in one mapping.
     """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -122,8 +126,8 @@ def _build(node: yaml.Node, path: PathKey, loaded: LoadedYaml, problems: list[Pr
 def _scalar(node: yaml.Node) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         return str(node.value)
-    constructor = yaml.SafeLoader("")
     try:
-        return constructor.construct_object(node, deep=True)
+        return _CONSTRUCTOR.construct_object(node, deep=True)
     finally:
-        constructor.dispose()
+        _CONSTRUCTOR.constructed_objects.clear()
+        _CONSTRUCTOR.recursive_objects.clear()

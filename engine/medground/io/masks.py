@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from scipy import ndimage
 
 from medground.config.errors import choices_text
 from medground.config.manifest import (
@@ -18,7 +17,8 @@ from medground.config.manifest import (
     PaletteMasks,
     PerClassFileMasks,
 )
-from medground.io.raster import Raster, RasterError, channel_spread, read_raster, to_grey
+from medground.geometry import fill_holes
+from medground.io.raster import Raster, RasterError, channel_spread, channel_sum, read_raster
 
 # A "grey" RGB mask may differ between channels by JPEG noise; more than this is colour.
 GREY_CHANNEL_TOLERANCE = 48
@@ -129,7 +129,7 @@ def decode_masks(
                 class_masks.extend(_palette(raster, source, relative, index, common))
 
     class_masks = [
-        replace(item, mask=ndimage.binary_fill_holes(item.mask)) if item.fill_holes else item
+        replace(item, mask=fill_holes(item.mask)) if item.fill_holes else item
         for item in class_masks
     ]
     return class_masks, skipped
@@ -172,7 +172,9 @@ def _binary(raster: Raster, threshold: int, relative: str) -> np.ndarray:
             f"{relative}: a binary mask with colour (channels differ by up to {spread}); "
             "declare encoding 'palette' for colour-coded classes",
         )
-    return to_grey(array) > threshold
+    if array.ndim == 3:
+        return channel_sum(array) > 3 * threshold
+    return array > threshold
 
 
 def _label_map(
@@ -192,7 +194,11 @@ def _label_map(
             f"{relative}: label map of type {array.dtype} is not "
             "integer; convert it or use a volume reader with label_tolerance",
         )
-    values = np.unique(array)
+    if array.dtype in (np.uint8, np.uint16, np.bool_):
+        # Counting is cheaper than sorting for small unsigned label types.
+        values = np.flatnonzero(np.bincount(array.ravel(), minlength=1))
+    else:
+        values = np.unique(array)
     allowed = set(source.labels) | {source.background} | set(source.ignore)
     unknown = [int(v) for v in values if int(v) not in allowed]
     if unknown:

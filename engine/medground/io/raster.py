@@ -83,16 +83,31 @@ def read_raster(path: Path, keep_palette_indices: bool = False) -> Raster:
     return Raster(path=path, array=array, mode=mode, sha256=digest)
 
 
+def channel_sum(array: np.ndarray) -> np.ndarray:
+    """Return the ``(H, W)`` sum of the three colour channels in an integer type wide enough.
+
+    Comparing this sum with ``3 * t`` decides ``mean > t`` exactly, without floats.
+    """
+    wide = np.uint16 if array.dtype in (np.uint8, np.bool_) else np.int64
+    total = array[:, :, 0].astype(wide)
+    total += array[:, :, 1]
+    total += array[:, :, 2]
+    return total
+
+
 def to_grey(array: np.ndarray) -> np.ndarray:
-    """Return an ``(H, W)`` view of an image: the mean of RGB channels, or the array itself."""
+    """Return an ``(H, W)`` image: the mean of RGB channels (float32), or the array itself."""
     if array.ndim == 2:
         return array
-    return array.mean(axis=2)
+    return np.multiply(channel_sum(array), np.float32(1 / 3), dtype=np.float32)
 
 
 def channel_spread(array: np.ndarray) -> int:
     """Return the largest difference between colour channels of any pixel (0 for grey)."""
     if array.ndim == 2:
         return 0
-    values = array.astype(np.int32)
-    return int((values.max(axis=2) - values.min(axis=2)).max())
+    red, green, blue = array[:, :, 0], array[:, :, 1], array[:, :, 2]
+    return max(
+        int(np.abs(np.subtract(a, b, dtype=np.int64 if a.dtype.itemsize > 1 else np.int16)).max())
+        for a, b in ((red, green), (green, blue), (red, blue))
+    )

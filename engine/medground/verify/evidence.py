@@ -17,8 +17,6 @@ import logging
 
 import numpy as np
 import polars as pl
-from scipy import ndimage
-from skimage.filters import sobel
 
 from medground.verify.columns import Column, register_columns
 
@@ -83,16 +81,61 @@ def measure_evidence(
     mask = np.zeros(window.shape, dtype=bool)
     mask[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = mask_crop
 
-    ring = ndimage.binary_dilation(mask, iterations=RING_PX) & ~mask
+    ring = dilate(mask, RING_PX) & ~mask
     cnr = None
     if int(ring.sum()) >= MIN_RING_PIXELS:
         around = window[ring]
         cnr = float(abs(window[mask].mean() - around.mean()) / max(around.std(), STD_FLOOR))
 
-    boundary = mask & ~ndimage.binary_erosion(mask, border_value=1)
+    boundary = mask & ~_erode(mask)
     rows, cols = np.nonzero(boundary)
     on_border = (rows + wy0 == 0) | (cols + wx0 == 0)
     on_border |= (rows + wy0 == height - 1) | (cols + wx0 == width - 1)
     rows, cols = rows[~on_border], cols[~on_border]
-    edge = float(sobel(window)[rows, cols].mean()) if rows.size else None
+    edge = float(sobel_at(window, rows, cols).mean()) if rows.size else None
     return cnr, edge
+
+
+def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Dilate ``steps`` times with the 4-neighbourhood (pixels within taxicab distance).
+
+    Equal to ``scipy.ndimage.binary_dilation(mask, iterations=steps)``; shifted ORs are
+    faster on the small windows around single objects.
+    """
+    grown = mask.copy()
+    for _ in range(steps):
+        previous = grown.copy()
+        grown[1:] |= previous[:-1]
+        grown[:-1] |= previous[1:]
+        grown[:, 1:] |= previous[:, :-1]
+        grown[:, :-1] |= previous[:, 1:]
+    return grown
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """Erode with the 4-neighbourhood, treating pixels outside the window as foreground."""
+    padded = np.pad(mask, 1, constant_values=True)
+    return (
+        padded[1:-1, 1:-1]
+        & padded[:-2, 1:-1]
+        & padded[2:, 1:-1]
+        & padded[1:-1, :-2]
+        & padded[1:-1, 2:]
+    )
+
+
+def sobel_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Return ``skimage.filters.sobel(image)[rows, cols]`` without filtering the whole image.
+
+    Same kernels (divided by 4), the same mirrored edges, and the same magnitude
+    ``sqrt((h**2 + v**2) / 2)``.
+    """
+    padded = np.pad(image.astype(np.float64), 1, mode="symmetric")
+    r, c = rows + 1, cols + 1
+
+    def at(dr: int, dc: int) -> np.ndarray:
+        return padded[r + dr, c + dc]
+
+    horizontal = (at(-1, -1) + 2 * at(-1, 0) + at(-1, 1) - at(1, -1) - 2 * at(1, 0) - at(1, 1)) / 4
+    vertical = (at(-1, -1) + 2 * at(0, -1) + at(1, -1) - at(-1, 1) - 2 * at(0, 1) - at(1, 1)) / 4
+    return np.sqrt((horizontal**2 + vertical**2) / 2)
