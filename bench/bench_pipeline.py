@@ -164,8 +164,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     """Render stored results as the Markdown tables of ``docs/benchmarks.md``."""
     lines = [
         "| dataset | images | decode-only img/s | config | wall s | img/s | "
-        "share of decode-only | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "share of decode-only | per-image work img/s | work share | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     stage_lines = [
         "| dataset | config | load | objects | targets | cues | synthesis | format | rules | "
@@ -177,10 +177,19 @@ def render_markdown(results: dict[str, Any]) -> str:
         decode_rate = decode["images"] / decode["seconds"]
         for label, run in entry["runs"].items():
             rate = run["images"] / run["seconds"]
+            # Per-image work: the stage timings summed, without interpreter start-up,
+            # pipeline loading and output writing. Only meaningful in one process (w1):
+            # with workers, stage times overlap and are summed across processes.
+            work = sum(v for k, v in run["stages"].items() if k != "wait_for_workers")
+            if label == "w1" and work > 0:
+                work_rate = run["images"] / work
+                work_cells = f"{work_rate:,.1f} | {100 * work_rate / decode_rate:.1f} %"
+            else:
+                work_cells = "– | –"
             lines.append(
                 f"| {name} | {run['images']} | {decode_rate:,.0f} | {label} | "
                 f"{run['seconds']:.1f} | {rate:,.1f} | {100 * rate / decode_rate:.1f} % | "
-                f"{run['peak_rss_mib']:.0f} |"
+                f"{work_cells} | {run['peak_rss_mib']:.0f} |"
             )
             per_image = {k: 1000 * v / run["images"] for k, v in run["stages"].items()}
             cells = [

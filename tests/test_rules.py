@@ -214,3 +214,18 @@ def test_shipped_manifests_use_the_rule_files():
     for manifest in sorted((REPO / "datasets").glob("*.yaml")):
         text = manifest.read_text(encoding="utf-8")
         assert "rules: [geometry.yaml, claims.yaml, priors.yaml, evidence.yaml]" in text, manifest
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param(0.99996, "0.99996", id="near-one-keeps-digits"),
+        pytest.param(0.123456, "0.1235", id="four-significant-digits"),
+        pytest.param(2.0, "2", id="whole-number"),
+        pytest.param(None, "null", id="null"),
+    ],
+)
+def test_message_values_are_not_rounded_away(value: object, shown: str) -> None:
+    from medground.verify.rules import _show
+
+    assert _show(value) == shown

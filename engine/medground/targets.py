@@ -40,6 +40,10 @@ def mark_relations(rows: list[dict[str, Any]], thresholds: RelationThresholds) -
             if axis is None:
                 big, small = (first, second) if maximum else (second, first)
                 clear = small > 0 and big / small >= thresholds.size_ratio
+                # A fragment cut by the image border is smallest only in what is visible;
+                # calling it "the smallest" would describe the crop, not the object.
+                if relation == "smallest" and ordered[0]["touches_border"]:
+                    clear = False
             else:
                 clear = abs(first - second) >= thresholds.position_margin
             ordered[0][f"is_{relation}"] = clear

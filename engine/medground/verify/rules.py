@@ -273,7 +273,12 @@ def evaluate(ruleset: RuleSet, samples: pl.DataFrame) -> RuleOutcome:
 
 def _show(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        shown = f"{value:.4g}"
+        # 0.99996 must not read as 1: keep digits until the shown value differs from a
+        # round number whenever the value itself does.
+        if float(shown) != value and float(shown) == round(value):
+            shown = f"{value:.6g}"
+        return shown
     return "null" if value is None else str(value)
 
 
