@@ -185,18 +185,26 @@ class ShapeDescriptors:
 
 
 def shape_descriptors(object_mask: np.ndarray) -> ShapeDescriptors:
-    """Measure the shape of a boolean ``(h, w)`` crop holding one object."""
-    rows, cols = np.nonzero(object_mask)
-    area = rows.size
+    """Measure the shape of a boolean ``(h, w)`` crop holding one object.
+
+    Moments come from matrix products of the crop with coordinate vectors, so no
+    per-pixel index arrays are built.
+    """
+    weights = object_mask.astype(np.float64)
+    row_counts = weights.sum(axis=1)
+    col_counts = weights.sum(axis=0)
+    area = float(row_counts.sum())
     if area == 0:
         raise ValueError("shape_descriptors needs a non-empty mask")
 
     # Second central moments of the pixel squares (each pixel adds 1/12 of variance).
-    x = cols + 0.5
-    y = rows + 0.5
-    mu20 = x.var() + 1 / 12
-    mu02 = y.var() + 1 / 12
-    mu11 = float(((x - x.mean()) * (y - y.mean())).mean())
+    x = np.arange(object_mask.shape[1]) + 0.5
+    y = np.arange(object_mask.shape[0]) + 0.5
+    mean_x = float(col_counts @ x) / area
+    mean_y = float(row_counts @ y) / area
+    mu20 = float(col_counts @ (x - mean_x) ** 2) / area + 1 / 12
+    mu02 = float(row_counts @ (y - mean_y) ** 2) / area + 1 / 12
+    mu11 = float((y - mean_y) @ weights @ (x - mean_x)) / area
     spread = math.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
     major = (mu20 + mu02) / 2 + spread
     minor = (mu20 + mu02) / 2 - spread
@@ -214,24 +222,22 @@ def shape_descriptors(object_mask: np.ndarray) -> ShapeDescriptors:
     return ShapeDescriptors(
         eccentricity=eccentricity,
         orientation_deg=orientation,
-        solidity=_solidity(rows, cols, area),
+        solidity=_solidity(object_mask, area),
         circularity=circularity,
         perimeter_px=perimeter,
     )
 
 
-def _solidity(rows: np.ndarray, cols: np.ndarray, area: int) -> float:
+def _solidity(object_mask: np.ndarray, area: float) -> float:
     """Pixel area over the area of the convex hull of the pixel squares' corners.
 
-    ``rows`` and ``cols`` are the object's pixels in row-major order (as ``np.nonzero``
-    returns them). Every pixel lies between the first and last pixel of its row, so the
-    corners of those two pixels per row span the same hull as all pixels.
+    Every pixel lies between the first and last pixel of its row, so the corners of
+    those two pixels per row span the same hull as all pixels.
     """
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    ends = np.r_[starts[1:], rows.size] - 1
-    line_rows = rows[starts]
-    left = cols[starts]
-    right = cols[ends] + 1
+    line_rows = np.flatnonzero(object_mask.any(axis=1))
+    lines = object_mask[line_rows]
+    left = lines.argmax(axis=1)
+    right = object_mask.shape[1] - lines[:, ::-1].argmax(axis=1)
     corners = np.concatenate(
         [
             np.stack([left, line_rows], 1),
