@@ -254,7 +254,7 @@ def test_vlm_chosen_target_gets_built(tmp_path: Path, data: Path) -> None:
 
 
 class GatedResponder:
-    """A responder that can hold requests, and records the body hash of each one answered."""
+    """A responder that can hold requests, and records the body hash of each one it replies to."""
 
     def __init__(self) -> None:
         self.open = threading.Event()
@@ -271,7 +271,7 @@ class GatedResponder:
         with self._lock:
             self.waiting -= 1
             if self.abandon:
-                # The client was killed while this request waited: it is never answered.
+                # The client was killed while this request waited, so it gets no real reply.
                 return Behaviour(status=500, error_message="client gone")
             body = json.dumps(request.body, sort_keys=True).encode()
             self.answered.append(hashlib.sha256(body).hexdigest())
@@ -353,7 +353,7 @@ def test_killed_run_resumes_same_records(tmp_path: Path) -> None:
             gate.open.clear()
             while gate.waiting == 0 and process.poll() is None:
                 time.sleep(0.01)
-            # Requests answered just before the gate closed reach the cache meanwhile.
+            # Replies sent just before the gate closed reach the cache meanwhile.
             time.sleep(0.5)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
@@ -379,7 +379,7 @@ def test_killed_run_resumes_same_records(tmp_path: Path) -> None:
     assert whole, "the uninterrupted run wrote no records"
     assert resumed == whole
     repeated = [digest for digest, count in Counter(gate.answered).items() if count > 1]
-    assert repeated == [], f"{len(repeated)} answered request(s) sent again after the kill"
+    assert repeated == [], f"{len(repeated)} request(s) with a reply sent again after the kill"
     for log in logs:
         assert API_KEY not in log
     assert scan_for_secret(tmp_path / "whole") == []
@@ -602,6 +602,13 @@ def test_invalid_synthesizer_block(data: Path, block: str, pattern: str) -> None
 def test_vlm_option_needs_model(data: Path) -> None:
     with pytest.raises(ConfigError, match="--synthesizer vlm needs a model"):
         load_pipeline(data / "demo.yaml", overrides=VlmOverrides(synthesizer="vlm"))
+
+
+def test_api_base_without_vlm_rejected(data: Path) -> None:
+    overrides = VlmOverrides(api_base="http://127.0.0.1:9/v1")
+
+    with pytest.raises(ConfigError, match="this run has none; add --model NAME"):
+        load_pipeline(data / "demo.yaml", overrides=overrides)
 
 
 def test_model_option_with_template_rejected(data: Path) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -159,6 +160,11 @@ def run(
     from medground.runner import RunError, RunOptions
     from medground.runner import run as run_pipeline
 
+    synthesizer_kind: Literal["template", "vlm"] | None = None
+    if synthesizer == "vlm":
+        synthesizer_kind = "vlm"
+    elif synthesizer == "template":
+        synthesizer_kind = "template"
     if synthesizer == "template" and model is not None:
         _fail(f"--model {model} sets the VLM synthesiser's model; drop --synthesizer template")
     if scheduler is not None and executor != "dask":
@@ -179,7 +185,7 @@ def run(
         executor="dask" if executor == "dask" else "local",
         scheduler=scheduler,
         progress=progress,
-        synthesizer="vlm" if synthesizer == "vlm" else "template" if synthesizer else None,
+        synthesizer=synthesizer_kind,
         model=model,
         api_base=api_base,
         judge_model=judge_model,

@@ -166,7 +166,7 @@ def write_outputs(
 ) -> RunSummary:
     """Write records, rejections, the report and previews; return the run summary.
 
-    ``stopped`` says why a run ended before its last batch; the report repeats it.
+    ``stopped`` is the reason a run ended before its last batch; the report repeats it.
     """
     from medground.preview import write_previews
     from medground.report import write_report

@@ -54,7 +54,7 @@ def render_report(
 
     ``rejection_counts`` has one row per stage and rule (:meth:`RunStore.rejection_counts`),
     so the report's memory does not grow with the number of rejections. ``stopped``
-    says why the run ended before its last batch.
+    is the reason the run ended before its last batch.
     """
     loaded = pipeline.loaded
     manifest = loaded.manifest

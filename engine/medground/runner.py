@@ -8,8 +8,8 @@ output files are written from there once all batches are done.
 A batch that a VLM stage could not finish (the cost cap, or a call failure that a later
 run may not meet again, see :data:`medground.vlm.client.RETRYABLE_RULE_IDS`) is not
 committed. The run then stops, writes the outputs of the batches committed so far and
-reports why; the same command run again resumes at that batch, and reads every reply
-received so far from the reply cache in ``run.sqlite``.
+reports the reason. The same command run again resumes at that batch, and reads every
+reply received so far from the reply cache in ``run.sqlite``.
 
 The per-image stages run on an executor (:mod:`medground.executors`): in this process,
 in a local process pool or on Dask. While the main process runs the batch-wide stages of
@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -214,7 +214,11 @@ def load_pipeline(
     else:
         # The template synthesiser, also when --synthesizer template overrides a VLM manifest.
         spec = manifest.synthesizer
-        template = spec if isinstance(spec, TemplateSynthesizerSpec) else TemplateSynthesizerSpec()
+        template = (
+            spec
+            if isinstance(spec, TemplateSynthesizerSpec)
+            else TemplateSynthesizerSpec.model_validate({})
+        )
         phrasing_path = attempt(
             "phrasings",
             lambda: resolve_declared_file(template.phrasings, "prompts", loaded.file),
@@ -278,8 +282,8 @@ def _fingerprint(pipeline: Pipeline, options: RunOptions) -> str:
 def run(manifest_path: Path, options: RunOptions) -> RunSummary:
     """Run the whole pipeline for one manifest and write the outputs.
 
-    A run that a VLM stage stopped early returns a summary whose ``stopped`` says why;
-    its outputs hold the batches committed before the stop.
+    A run that a VLM stage stopped early returns a summary whose ``stopped`` gives the
+    reason. Its outputs contain the batches committed before the stop.
 
     Raises:
         ConfigError: for problems in the declarative files.
@@ -436,7 +440,7 @@ def _map_batches(
     executor: Executor,
     image_fn: Callable[[ImageItem], list[ImageResult]],
     todo: Sequence[tuple[int, list[ImageItem]]],
-) -> Iterator[tuple[int, list[ImageItem], list[list[ImageResult]], float]]:
+) -> Generator[tuple[int, list[ImageItem], list[list[ImageResult]], float], None, None]:
     """Yield ``(number, batch, results, seconds waited)`` for each batch, in order.
 
     With an executor that has its own workers, a helper thread hands the next batch to

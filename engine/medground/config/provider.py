@@ -229,7 +229,7 @@ class VlmSynthSettings(_Strict):
     """The VLM synthesiser's settings other than the provider: prompt, marks, query count.
 
     :class:`VlmSynthConfig` adds the provider. A manifest's ``synthesizer:`` with
-    ``kind: vlm`` adds either the provider or the path of a file that holds it.
+    ``kind: vlm`` adds either the provider or the path of a file that contains it.
     """
 
     prompt_template: str = Field(

@@ -39,13 +39,22 @@ from medground.vlm.client import (
     ProviderConfigError,
     VlmClient,
 )
+from medground.vlm.images import BoxXyxy
 from medground.vlm.prompting import PromptTemplateError
 
 logger = logging.getLogger(__name__)
 
 # Provider settings that change replies, and so the records. The others (limits,
 # retries, cost cap) may change between a stopped run and its rerun without starting over.
-_REPLY_SETTINGS = ("model", "api_base", "temperature", "max_tokens", "max_image_side_px")
+_REPLY_SETTINGS = (
+    "model",
+    "api_base",
+    "temperature",
+    "max_tokens",
+    "max_image_side_px",
+    "json_response",
+    "extra_headers",
+)
 
 
 class BatchIncomplete(Exception):
@@ -205,6 +214,18 @@ def resolve_vlm_configs(
             api_base=overrides.api_base,
         )
         judge_config = JudgeConfig(provider=provider, **settings)
+
+    if overrides.api_base and synth_config is None and judge_config is None:
+        raise ConfigError(
+            [
+                Problem(
+                    loaded.file,
+                    f"--api-base {overrides.api_base} sets the endpoint of the VLM stages, but "
+                    "this run has none; add --model NAME or --judge-model NAME, or drop "
+                    "--api-base",
+                )
+            ]
+        )
     return synth_config, judge_config
 
 
@@ -237,7 +258,7 @@ def build_vlm_stages(
         loaded: The manifest; its folder is searched for prompt templates before the
             built-in ``prompts/``.
         overrides: ``mgr run`` options that replace manifest settings.
-        run_dir: The run folder, which holds ``run.sqlite``; None builds the stages
+        run_dir: The run folder, which contains ``run.sqlite``; None builds the stages
             without a cache (``mgr validate``).
 
     Raises:
@@ -262,7 +283,10 @@ def build_vlm_stages(
             stages.prompt_sha256["synthesis"] = stages.synthesizer.prompt_sha256
         if judge_config is not None:
             client: VlmClient | None = None
-            if stages.synthesizer is not None and judge_config.provider == synth_config.provider:
+            if (
+                stages.synthesizer is not None
+                and judge_config.provider == stages.synthesizer.config.provider
+            ):
                 # One endpoint, one set of limits: both stages queue at the same client.
                 client = stages.synthesizer.client
             stages.judge = _build(
@@ -325,6 +349,10 @@ def cost_cap_message(stage: str, exc: CostCapReached) -> str:
 
 def _box(obj: dict[str, Any]) -> list[int]:
     return [obj["x0"], obj["y0"], obj["x1"], obj["y1"]]
+
+
+def _box_xyxy(obj: dict[str, Any]) -> BoxXyxy:
+    return (obj["x0"], obj["y0"], obj["x1"], obj["y1"])
 
 
 def synthesis_objects(res: ImageResult) -> tuple[dict[str, Any], ...]:
@@ -419,7 +447,7 @@ def judge_records(
                 query=record["query"],
                 target_boxes_xyxy=tuple(tuple(t["bbox_xyxy"]) for t in record["targets"]),
                 other_boxes_xyxy=tuple(
-                    tuple(_box(o)) for o in others if o["object_id"] not in target_ids
+                    _box_xyxy(o) for o in others if o["object_id"] not in target_ids
                 ),
                 image_key=image_key,
                 dataset=dataset,
