@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -104,6 +105,34 @@ def main(verbose: int, quiet: bool) -> None:
     default=None,
     help="Draw per-stage progress bars on stderr; default: only when stderr is a terminal.",
 )
+@click.option(
+    "--synthesizer",
+    type=click.Choice(["template", "vlm"]),
+    default=None,
+    help="Who writes the queries, replacing the manifest's synthesizer kind: the offline "
+    "'template' synthesiser or a 'vlm'. Default: the manifest's kind, or 'vlm' with --model.",
+)
+@click.option(
+    "--model",
+    metavar="NAME",
+    default=None,
+    help="litellm model name of the VLM synthesiser, e.g. openai/gpt-4o; replaces "
+    "synthesizer.provider.model and selects --synthesizer vlm.",
+)
+@click.option(
+    "--api-base",
+    metavar="URL",
+    default=None,
+    help="Endpoint URL of the VLM synthesiser and judge, e.g. http://127.0.0.1:8000/v1 for "
+    "a local OpenAI-compatible server; replaces provider.api_base of both.",
+)
+@click.option(
+    "--judge-model",
+    metavar="NAME",
+    default=None,
+    help="litellm model name of the visual judge; replaces judge.provider.model, or adds a "
+    "judge with the synthesiser's provider settings when the manifest has none.",
+)
 def run(
     manifest: Path,
     out_dir: Path,
@@ -116,12 +145,28 @@ def run(
     executor: str,
     scheduler: str | None,
     progress: bool | None,
+    synthesizer: str | None,
+    model: str | None,
+    api_base: str | None,
+    judge_model: str | None,
 ) -> None:
-    """Run the whole pipeline for one dataset manifest."""
+    """Run the whole pipeline for one dataset manifest.
+
+    Exit status 2 means the run could not start or failed; 3 means a VLM stage stopped
+    it early (cost cap, or calls that failed after their retries). The outputs then hold
+    the batches finished so far, and the same command resumes the run.
+    """
     from medground.executors import ExecutorError
     from medground.runner import RunError, RunOptions
     from medground.runner import run as run_pipeline
 
+    synthesizer_kind: Literal["template", "vlm"] | None = None
+    if synthesizer == "vlm":
+        synthesizer_kind = "vlm"
+    elif synthesizer == "template":
+        synthesizer_kind = "template"
+    if synthesizer == "template" and model is not None:
+        _fail(f"--model {model} sets the VLM synthesiser's model; drop --synthesizer template")
     if scheduler is not None and executor != "dask":
         _fail(f"--scheduler {scheduler} needs --executor dask; the local executor has none")
     if scheduler is not None and workers is not None:
@@ -140,6 +185,10 @@ def run(
         executor="dask" if executor == "dask" else "local",
         scheduler=scheduler,
         progress=progress,
+        synthesizer=synthesizer_kind,
+        model=model,
+        api_base=api_base,
+        judge_model=judge_model,
     )
     try:
         summary = run_pipeline(manifest, options)
@@ -155,6 +204,9 @@ def run(
         f"from {summary.images} images in {summary.seconds:.1f} s{resumed}; see "
         f"{summary.out / 'report.md'}"
     )
+    if summary.stopped:
+        click.echo(f"run stopped early: {summary.stopped}", err=True)
+        sys.exit(3)
 
 
 @main.command()
@@ -185,6 +237,7 @@ def validate(manifests: tuple[Path, ...], root: Path | None, skip_root_check: bo
             failures += 1
             click.echo(str(exc), err=True)
             continue
+        pipeline.close()
         click.echo(
             f"{path}: ok ({len(pipeline.rules.rules)} rules, "
             f"{len(pipeline.loaded.manifest.classes)} classes)"

@@ -162,8 +162,12 @@ def write_outputs(
     options: RunOptions,
     started: float,
     resumed: int,
+    stopped: str | None = None,
 ) -> RunSummary:
-    """Write records, rejections, the report and previews; return the run summary."""
+    """Write records, rejections, the report and previews; return the run summary.
+
+    ``stopped`` is the reason a run ended before its last batch; the report repeats it.
+    """
     from medground.preview import write_previews
     from medground.report import write_report
     from medground.runner import RunSummary
@@ -173,8 +177,8 @@ def write_outputs(
     rejected = write_rejections(store, out)
     stats = store.batch_stats()
     seconds = time.perf_counter() - started
-    write_report(out, pipeline, stats, store.rejection_counts(), accepted, seconds)
+    write_report(out, pipeline, stats, store.rejection_counts(), accepted, seconds, stopped=stopped)
     if options.previews:
         write_previews(out, n=options.preview_count, seed=pipeline.seed)
     images = sum(s["images"] for s in stats)
-    return RunSummary(out, images, accepted, rejected, seconds, resumed)
+    return RunSummary(out, images, accepted, rejected, seconds, resumed, stopped)

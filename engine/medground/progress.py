@@ -24,13 +24,14 @@ from rich.progress import (
 from rich.text import Text
 
 # Stage names as they appear in the bars and in ``stats.json`` timings.
-STAGES = ("images", "cues", "synthesis", "format", "rules", "commit")
+STAGES = ("images", "cues", "synthesis", "format", "rules", "judge", "commit")
 STAGE_LABELS = {
     "images": "load, objects, targets",
     "cues": "cues",
     "synthesis": "synthesis",
     "format": "format check",
     "rules": "rules",
+    "judge": "visual judge",
     "commit": "commit",
 }
 

@@ -48,11 +48,13 @@ def render_report(
     rejection_counts: pl.DataFrame,
     accepted: int,
     seconds: float,
+    stopped: str | None = None,
 ) -> str:
-    """Render the report of a finished run.
+    """Render the report of a finished run, or of one a VLM stage stopped early.
 
     ``rejection_counts`` has one row per stage and rule (:meth:`RunStore.rejection_counts`),
-    so the report's memory does not grow with the number of rejections.
+    so the report's memory does not grow with the number of rejections. ``stopped``
+    is the reason the run ended before its last batch.
     """
     loaded = pipeline.loaded
     manifest = loaded.manifest
@@ -64,16 +66,21 @@ def render_report(
         f"- dataset root: `{loaded.root}`",
         f"- modality: {manifest.modality}; anatomy: {manifest.anatomy or 'not given'}; "
         f"left/right convention: {manifest.orientation}",
-        f"- synthesiser: {pipeline.synthesizer.name}; seed {pipeline.seed}; engine {__version__}",
+        f"- synthesiser: {_synthesizer_text(pipeline)}; seed {pipeline.seed}; engine {__version__}",
         f"- rule files: {', '.join(f'`{p}`' for p in pipeline.rules.files)}",
         f"- written {datetime.now(UTC).isoformat(timespec='seconds')}, run time {seconds:.1f} s",
-        "- visual judge: skipped (no judge configured); every record says so in "
-        "`verification.judge`",
-        "- cost: 0 USD (offline template synthesiser, no VLM calls)",
-        "",
-        "## Funnel",
-        "",
+        f"- visual judge: {_judge_text(pipeline)}",
     ]
+    vlm = pipeline.vlm
+    if vlm.synth_config is None and vlm.judge_config is None:
+        lines.append("- cost: 0 USD (offline template synthesiser, no VLM calls)")
+    if stopped:
+        lines += [
+            "",
+            f"**Run stopped before its last batch**: {stopped}. The files hold the batches "
+            "committed before the stop.",
+        ]
+    lines += ["", "## Funnel", ""]
 
     by_stage: Counter[str] = Counter()
     removed = 0
@@ -93,9 +100,17 @@ def render_report(
         ("query candidates", _sum(stats, "candidates")),
         ("rejected at format", by_stage.get("format", 0)),
         ("rejected by rules (one row per rule that fired)", by_stage.get("rules", 0)),
+        ("rejected by the visual judge (one row per criterion failed)", by_stage.get("judge", 0)),
         ("accepted records", accepted),
     ]
+    vlm_targets = _sum(stats, "vlm_targets")
+    if vlm_targets:
+        funnel.insert(
+            8, ("targets chosen by the VLM (not among the engine's targets)", vlm_targets)
+        )
     lines += _table(("step", "count"), funnel) + [""]
+    lines += _judge_section(pipeline, stats)
+    lines += _vlm_calls_section(pipeline)
 
     lines += ["## Rejections by stage and rule", ""]
     if rejection_counts.height:
@@ -154,6 +169,91 @@ def render_report(
     rows = [(stage, f"{t:.3f}", f"{1000 * t / images:.2f}") for stage, t in timings.items()]
     lines += _table(("stage", "seconds", "ms per image"), rows) + [""]
     return "\n".join(lines)
+
+
+def _synthesizer_text(pipeline: Pipeline) -> str:
+    synthesizer = pipeline.vlm.synthesizer
+    if synthesizer is None:
+        return pipeline.synthesizer.name
+    return (
+        f"vlm, model `{synthesizer.model}`, prompt `{synthesizer.template.name}` "
+        f"(sha256 `{synthesizer.prompt_sha256[:16]}…`)"
+    )
+
+
+def _judge_text(pipeline: Pipeline) -> str:
+    judge = pipeline.vlm.judge
+    if judge is None:
+        return "skipped (no judge configured); every record says so in `verification.judge`"
+    accept = judge.config.accept
+    return (
+        f"model `{judge.model}`, prompt `{judge.template.name}` "
+        f"(sha256 `{judge.template.sha256[:16]}…`); a record passes with supported "
+        f"{'required' if accept.supported else 'not checked'}, unique "
+        f"{'required' if accept.unique else 'not checked'} and confidence >= "
+        f"{accept.min_confidence:g}"
+    )
+
+
+def _judge_section(pipeline: Pipeline, stats: list[dict[str, Any]]) -> list[str]:
+    verdicts = _merge(stats, "judge_verdicts")
+    if pipeline.vlm.judge is None:
+        return []
+    rows = [(verdict, verdicts.get(verdict, 0)) for verdict in ("pass", "fail")]
+    return [
+        "## Visual judge",
+        "",
+        "Verdicts on the records that passed the rules; the rejections table lists the "
+        "criteria that failed.",
+        "",
+        *_table(("verdict", "records"), rows),
+        "",
+    ]
+
+
+def _vlm_calls_section(pipeline: Pipeline) -> list[str]:
+    vlm = pipeline.vlm
+    if vlm.synth_config is None and vlm.judge_config is None:
+        return []
+    summary = vlm.call_summary()
+    lines = [
+        "## VLM calls and cost",
+        "",
+        "HTTP calls recorded in `run.sqlite`, over every run on this output folder; "
+        "replies read from the cache are not calls. The outcome is `ok`, or the rule id of "
+        "a failed try (retried tries included).",
+        "",
+    ]
+    if not summary:
+        return [*lines, "No calls.", ""]
+    rows = [
+        (
+            row["stage"],
+            f"`{row['model']}`",
+            row["outcome"],
+            row["calls"],
+            row["prompt_tokens"],
+            row["completion_tokens"],
+            f"{row['cost_usd']:.4f}",
+        )
+        for row in summary
+    ]
+    stages = sorted({row["stage"] for row in summary})
+    for stage in [*stages, None]:
+        chosen = [row for row in summary if stage is None or row["stage"] == stage]
+        rows.append(
+            (
+                f"**{stage or 'all stages'}**",
+                "",
+                "all",
+                sum(row["calls"] for row in chosen),
+                sum(row["prompt_tokens"] for row in chosen),
+                sum(row["completion_tokens"] for row in chosen),
+                f"{sum(row['cost_usd'] for row in chosen):.4f}",
+            )
+        )
+    header = ("stage", "model", "outcome", "calls", "input tokens", "output tokens", "cost USD")
+    return [*lines, *_table(header, rows), ""]
 
 
 def _rule_table(
@@ -219,10 +319,13 @@ def write_report(
     rejection_counts: pl.DataFrame,
     accepted: int,
     seconds: float,
+    stopped: str | None = None,
 ) -> Path:
     """Write ``report.md`` atomically and return its path."""
     path = out / "report.md"
-    write_text_atomic(path, render_report(pipeline, stats, rejection_counts, accepted, seconds))
+    write_text_atomic(
+        path, render_report(pipeline, stats, rejection_counts, accepted, seconds, stopped)
+    )
     json_path = out / "stats.json"
     write_text_atomic(json_path, json.dumps(stats, indent=1))
     return path

@@ -5,6 +5,12 @@ Stages per batch: load and objects (per image, :mod:`medground.extract`), cues
 the batch's samples), judge. Each finished batch is committed to ``run.sqlite``; the
 output files are written from there once all batches are done.
 
+A batch that a VLM stage could not finish (the cost cap, or a call failure that a later
+run may not meet again, see :data:`medground.vlm.client.RETRYABLE_RULE_IDS`) is not
+committed. The run then stops, writes the outputs of the batches committed so far and
+reports the reason. The same command run again resumes at that batch, and reads every
+reply received so far from the reply cache in ``run.sqlite``.
+
 The per-image stages run on an executor (:mod:`medground.executors`): in this process,
 in a local process pool or on Dask. While the main process runs the batch-wide stages of
 one batch, the executor already works on the next one, so at most two batches of image
@@ -18,12 +24,13 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -37,6 +44,7 @@ from medground.config.loader import (
     load_manifest,
     resolve_declared_file,
 )
+from medground.config.manifest import TemplateSynthesizerSpec
 from medground.cues import add_cues
 from medground.executors import (
     Executor,
@@ -58,6 +66,18 @@ from medground.targets import RELATIONS
 from medground.verify.claims import ClaimPatterns, add_claims, add_uniqueness
 from medground.verify.format import RecordChecker
 from medground.verify.rules import RuleSet, evaluate, load_rules
+from medground.vlm.client import CostCapReached
+from medground.vlm.stages import (
+    BatchIncomplete,
+    VlmOverrides,
+    VlmStages,
+    add_vlm_targets,
+    build_vlm_stages,
+    check_retryable,
+    cost_cap_message,
+    judge_records,
+    synthesis_objects,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +101,15 @@ class RunOptions:
     executor: ExecutorKind = "local"
     scheduler: str | None = None
     progress: bool | None = None
+    synthesizer: Literal["template", "vlm"] | None = None
+    model: str | None = None
+    api_base: str | None = None
+    judge_model: str | None = None
+
+    @property
+    def vlm_overrides(self) -> VlmOverrides:
+        """The options that replace the manifest's synthesiser and judge settings."""
+        return VlmOverrides(self.synthesizer, self.model, self.api_base, self.judge_model)
 
     @property
     def worker_count(self) -> int:
@@ -105,6 +134,11 @@ class Pipeline:
     declared_files: dict[str, Path]
     seed: int
     record_checker: RecordChecker = field(repr=False)
+    vlm: VlmStages = field(default_factory=VlmStages)
+
+    def close(self) -> None:
+        """Close the VLM reply cache, if the run has one."""
+        self.vlm.close()
 
     @property
     def dataset(self) -> DatasetInfo:
@@ -122,12 +156,28 @@ class Pipeline:
 
 
 def load_pipeline(
-    manifest_path: Path, root: Path | None = None, seed: int | None = None
+    manifest_path: Path,
+    root: Path | None = None,
+    seed: int | None = None,
+    *,
+    out_dir: Path | None = None,
+    overrides: VlmOverrides | None = None,
 ) -> Pipeline:
-    """Load a manifest with its cue, rule and phrasing files and check them all.
+    """Load a manifest with its cue, rule, phrasing and prompt files and check them all.
+
+    Args:
+        manifest_path: The dataset manifest.
+        root: Dataset folder replacing the manifest's ``root``.
+        seed: Seed replacing the manifest's ``seed``.
+        out_dir: Output folder of the run; the VLM reply cache is
+            ``<out_dir>/<dataset>/run.sqlite``. None builds the VLM stages without a
+            cache, for checking a manifest.
+        overrides: ``mgr run`` options replacing the manifest's synthesiser and judge.
 
     Raises:
         ConfigError: listing the problems of every file that failed.
+
+    The caller closes the returned pipeline (:meth:`Pipeline.close`).
     """
     loaded = load_manifest(manifest_path, root)
     manifest = loaded.manifest
@@ -154,40 +204,47 @@ def load_pipeline(
     rules = None
     if all(rule_paths):
         rules = attempt("rules", lambda: load_rules(rule_paths))
-    phrasing_path = attempt(
-        "phrasings",
-        lambda: resolve_declared_file(manifest.synthesizer.phrasings, "prompts", loaded.file),
-    )
     run_seed = manifest.seed if seed is None else seed
-    synthesizer = None
-    if phrasing_path:
-        synthesizer = attempt(
+    run_dir = out_dir / manifest.name if out_dir is not None else None
+    vlm = attempt("vlm", lambda: build_vlm_stages(loaded, overrides or VlmOverrides(), run_dir))
+    synthesizer: Synthesizer | None = None
+    phrasing_path = None
+    if vlm is not None and vlm.synthesizer is not None:
+        synthesizer = vlm.synthesizer
+    else:
+        # The template synthesiser, also when --synthesizer template overrides a VLM manifest.
+        spec = manifest.synthesizer
+        template = (
+            spec
+            if isinstance(spec, TemplateSynthesizerSpec)
+            else TemplateSynthesizerSpec.model_validate({})
+        )
+        phrasing_path = attempt(
             "phrasings",
-            lambda: TemplateSynthesizer(
-                phrasing_path, run_seed, manifest.synthesizer.queries_per_target
-            ),
+            lambda: resolve_declared_file(template.phrasings, "prompts", loaded.file),
         )
-    if manifest.synthesizer.kind != "template":
-        # NOTE: the VLM synthesiser is wired in by the provider integration; until then a
-        # manifest asking for it fails here rather than silently using templates.
-        problems.append(
-            loaded.source.problem(
-                ("synthesizer", "kind"),
-                "synthesizer kind 'vlm' is not available in this build; use 'template'",
+        if phrasing_path:
+            synthesizer = attempt(
+                "phrasings",
+                lambda: TemplateSynthesizer(phrasing_path, run_seed, template.queries_per_target),
             )
-        )
     if problems:
+        if vlm is not None:
+            vlm.close()
         raise ConfigError(problems)
     assert cues is not None and rules is not None and synthesizer is not None  # for mypy
-    assert lexicon is not None  # for mypy
+    assert lexicon is not None and vlm is not None  # for mypy
     declared["cues"] = cues_path
     declared["lexicon"] = lexicon_path
-    declared["phrasings"] = phrasing_path
+    if phrasing_path is not None:
+        declared["phrasings"] = phrasing_path
     for index, path in enumerate(rule_paths):
         declared[f"rules[{index}]"] = path
     checker = RecordChecker(load_schema("record"))
     claims = ClaimPatterns.from_lexicon(lexicon)
-    return Pipeline(loaded, cues, rules, claims, synthesizer, declared, run_seed, checker)
+    return Pipeline(
+        loaded, cues, rules, claims, synthesizer, declared, run_seed, checker, vlm=vlm
+    )
 
 
 @dataclass
@@ -200,6 +257,7 @@ class RunSummary:
     rejected: int
     seconds: float
     resumed_batches: int
+    stopped: str | None = None
 
 
 def _fingerprint(pipeline: Pipeline, options: RunOptions) -> str:
@@ -215,18 +273,39 @@ def _fingerprint(pipeline: Pipeline, options: RunOptions) -> str:
         "batch_size": options.batch_size,
         "engine": __version__,
     }
+    vlm_settings = pipeline.vlm.fingerprint()
+    if vlm_settings:
+        parts["vlm"] = vlm_settings
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def run(manifest_path: Path, options: RunOptions) -> RunSummary:
     """Run the whole pipeline for one manifest and write the outputs.
 
+    A run that a VLM stage stopped early returns a summary whose ``stopped`` gives the
+    reason. Its outputs contain the batches committed before the stop.
+
     Raises:
         ConfigError: for problems in the declarative files.
         RunError: for a dataset that cannot be processed at all.
     """
     started = time.perf_counter()
-    pipeline = load_pipeline(manifest_path, options.root, options.seed)
+    pipeline = load_pipeline(
+        manifest_path,
+        options.root,
+        options.seed,
+        out_dir=options.out_dir,
+        overrides=options.vlm_overrides,
+    )
+    try:
+        return _run_pipeline(manifest_path, pipeline, options, started)
+    finally:
+        pipeline.close()
+
+
+def _run_pipeline(
+    manifest_path: Path, pipeline: Pipeline, options: RunOptions, started: float
+) -> RunSummary:
     manifest = pipeline.loaded.manifest
     out = options.out_dir / manifest.name
     out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +321,7 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
     _check_unique_cases(manifest_path, manifest.name, items)
 
     store = RunStore(out / "run.sqlite")
+    stopped: str | None = None
     try:
         fingerprint = _fingerprint(pipeline, options)
         if store.fingerprint() != fingerprint:
@@ -258,22 +338,28 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
         images_done = len(items) - sum(len(batch) for _, batch in todo)
         executor = make_executor(options.executor, options.worker_count, options.scheduler)
         show = options.show_progress
+        image_fn = partial(
+            process_item,
+            manifest=manifest,
+            root=pipeline.loaded.root,
+            cues=pipeline.cues,
+            slice_dir=out / "slices",
+        )
+        # closing() stops the helper thread at once when a VLM stage ends the run early.
         with (
             executor,
             StageProgress(len(items), images_done, enabled=show) as progress,
+            closing(_map_batches(executor, image_fn, todo)) as mapped,
         ):
-            image_fn = partial(
-                process_item,
-                manifest=manifest,
-                root=pipeline.loaded.root,
-                cues=pipeline.cues,
-                slice_dir=out / "slices",
-            )
-            for number, batch, results, waited in _map_batches(executor, image_fn, todo):
+            for number, batch, results, waited in mapped:
                 progress.advance("images", len(batch))
-                records, rejections, stats, samples = finish_batch(
-                    pipeline, [r for item_results in results for r in item_results], progress
-                )
+                try:
+                    records, rejections, stats, samples = finish_batch(
+                        pipeline, [r for item_results in results for r in item_results], progress
+                    )
+                except BatchIncomplete as exc:
+                    stopped = f"batch {number + 1} of {len(batches)} not committed: {exc.message}"
+                    break
                 stats["timings"]["wait_for_workers"] = waited
                 if number == 0:
                     rejections = _discovery_rejections(manifest.name, discovery) + rejections
@@ -299,7 +385,13 @@ def run(manifest_path: Path, options: RunOptions) -> RunSummary:
         from medground.outputs import write_outputs
 
         summary = write_outputs(
-            store, out, pipeline, options, started, resumed=len(done & set(range(len(batches))))
+            store,
+            out,
+            pipeline,
+            options,
+            started,
+            resumed=len(done & set(range(len(batches)))),
+            stopped=stopped,
         )
     finally:
         store.close()
@@ -348,7 +440,7 @@ def _map_batches(
     executor: Executor,
     image_fn: Callable[[ImageItem], list[ImageResult]],
     todo: Sequence[tuple[int, list[ImageItem]]],
-) -> Iterator[tuple[int, list[ImageItem], list[list[ImageResult]], float]]:
+) -> Generator[tuple[int, list[ImageItem], list[list[ImageResult]], float], None, None]:
     """Yield ``(number, batch, results, seconds waited)`` for each batch, in order.
 
     With an executor that has its own workers, a helper thread hands the next batch to
@@ -422,6 +514,7 @@ def finish_batch(
     progress.advance("cues", len(results))
 
     clock = time.perf_counter()
+    vlm_synthesis = pipeline.vlm.synthesizer is not None
     requests = [
         SynthesisRequest(
             image_key=res.image_key,
@@ -430,14 +523,19 @@ def finish_batch(
             width=res.width,
             height=res.height,
             dataset=pipeline.dataset,
-            objects=tuple(res.objects),
+            objects=synthesis_objects(res) if vlm_synthesis else tuple(res.objects),
             targets=tuple(res.targets),
         )
         for res in results
         if res.targets
     ]
-    candidates, synth_rejections = pipeline.synthesizer.synthesize(requests)
+    try:
+        candidates, synth_rejections = pipeline.synthesizer.synthesize(requests)
+    except CostCapReached as exc:
+        raise BatchIncomplete("cost_cap", cost_cap_message("synthesis", exc)) from exc
+    check_retryable(synth_rejections, "synthesis")
     rejections.extend(r.__dict__ for r in synth_rejections)
+    vlm_targets = add_vlm_targets(results, candidates) if vlm_synthesis else 0
     timings["synthesis"] += time.perf_counter() - clock
     progress.advance("synthesis", len(results))
 
@@ -491,12 +589,48 @@ def finish_batch(
     timings["rules"] += time.perf_counter() - clock
     progress.advance("rules", len(results))
 
+    clock = time.perf_counter()
+    accepted, judge_verdicts = _judge_stage(pipeline, accepted, results, rejections)
+    timings["judge"] += time.perf_counter() - clock
+    progress.advance("judge", len(results))
+
     # Splits hash the group id, so assigning them batch by batch gives the same answer as
     # assigning them over the whole dataset at once.
     accepted = assign_splits(accepted, manifest.split)
 
     stats = _batch_stats(results, candidates, accepted, timings)
+    stats["judge_verdicts"] = dict(judge_verdicts)
+    stats["vlm_targets"] = vlm_targets
     return accepted, rejections, stats, samples
+
+
+def _judge_stage(
+    pipeline: Pipeline,
+    records: list[dict[str, Any]],
+    results: list[ImageResult],
+    rejections: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Judge the records that passed the rules; return those that pass and the verdicts.
+
+    Failed records become ``judge`` rejections appended to ``rejections``. Without a
+    judge every record keeps its ``skipped`` verdict.
+    """
+    verdicts: Counter[str] = Counter()
+    judge = pipeline.vlm.judge
+    if judge is None or not records:
+        verdicts["skipped"] = len(records)
+        return records, verdicts
+
+    outcomes = judge_records(judge, records, results, pipeline.dataset)
+    passed = []
+    for record, outcome in zip(records, outcomes, strict=True):
+        verdicts[outcome.verdict["verdict"]] += 1
+        if outcome.passed:
+            passed.append(record)
+            continue
+        for rejection in outcome.rejections:
+            rejections.append(_rejection(record, "judge", rejection.rule_id, rejection.message))
+    return passed, verdicts
 
 
 def _sample_schema() -> dict[str, pl.DataType]:
@@ -577,7 +711,8 @@ def _batch_stats(
     timings: Counter[str],
 ) -> dict[str, Any]:
     objects = [o for res in results for o in res.objects]
-    targets = [t for res in results for t in res.targets]
+    # Targets that a VLM chose itself are counted apart, as ``vlm_targets``.
+    targets = [t for res in results for t in res.targets if t.get("source") != "vlm"]
     return {
         "images": len(results),
         "images_loaded": sum(1 for r in results if r.width),

@@ -17,8 +17,9 @@ from medground.config.errors import ConfigError, Problem, choices_text, suggest
 from medground.config.lexicon import Lexicon
 from medground.config.manifest import Manifest
 from medground.config.phrasings import PHRASING_VARIABLES, PhrasingFile
+from medground.config.provider import ProviderConfig
 from medground.config.validation import validate_document
-from medground.config.yamlload import LoadedYaml, load_yaml
+from medground.config.yamlload import LoadedYaml, PathKey, load_yaml
 from medground.resources import ResourceKind, load_schema, resource_dir
 
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -197,3 +198,34 @@ def load_phrasings(path: Path) -> PhrasingFile:
     if problems:
         raise ConfigError(problems)
     return phrasings
+
+
+def load_provider_file(loaded: LoadedManifest, name: str, key: PathKey) -> ProviderConfig:
+    """Load the provider settings that a manifest's ``provider_file`` names.
+
+    Args:
+        loaded: The manifest, whose folder ``name`` is relative to.
+        name: The ``provider_file`` value.
+        key: Where ``provider_file`` sits in the manifest, e.g. ``("judge", "provider_file")``.
+
+    Raises:
+        ConfigError: The file is missing (located at ``key`` in the manifest), or its
+            contents are invalid (located in the provider file).
+    """
+    path = (loaded.file.parent / name).resolve()
+    if not path.is_file():
+        raise ConfigError(
+            [
+                loaded.source.problem(
+                    key,
+                    f"provider file '{name}' not found (looked for {path}); the path is "
+                    "relative to the manifest's folder",
+                )
+            ]
+        )
+    source = load_yaml(path)
+    if not isinstance(source.data, dict):
+        raise ConfigError(
+            [Problem(path, "a provider file must be a YAML mapping, e.g. 'model: openai/gpt-4o'")]
+        )
+    return validate_document(source, load_schema("provider"), ProviderConfig)

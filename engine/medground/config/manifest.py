@@ -10,8 +10,17 @@ import re
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
+from medground.config.provider import JudgeSettings, ProviderConfig, VlmSynthSettings
 from medground.config.volume import VolumeConfig
 from medground.split import SplitConfig
 
@@ -245,19 +254,78 @@ class TargetsSpec(StrictModel):
     )
 
 
-class SynthesizerSpec(StrictModel):
-    """Who writes the queries."""
+class TemplateSynthesizerSpec(StrictModel):
+    """The offline template synthesiser: phrasings filled in from the cues."""
 
-    kind: Literal["template", "vlm"] = "template"
+    kind: Literal["template"] = "template"
     phrasings: str = Field(
         "template_queries.yaml",
         description="phrasing file of the template synthesiser: a name in prompts/ or a path "
         "relative to the manifest",
     )
     queries_per_target: int = Field(1, ge=1, le=10)
-    vlm: dict[str, Any] | None = Field(
-        None, description="settings of the VLM synthesiser (model, api_base, limits)"
-    )
+
+
+_PROVIDER_FILE_DESCRIPTION = (
+    "YAML file with the provider settings (the keys of 'provider'), relative to the "
+    "manifest; use it instead of 'provider' to share one endpoint between manifests"
+)
+
+
+def _check_provider_source(provider: ProviderConfig | None, provider_file: str | None) -> None:
+    if provider is None and provider_file is None:
+        raise ValueError(
+            "missing provider settings: add 'provider:' with at least 'model', e.g. "
+            "provider: {model: openai/gpt-4o}, or 'provider_file:' naming a YAML file with them"
+        )
+    if provider is not None and provider_file is not None:
+        raise ValueError(
+            f"both 'provider' and 'provider_file' ({provider_file!r}) are set; keep one of them"
+        )
+
+
+class VlmSynthesizerSpec(VlmSynthSettings):
+    """The VLM synthesiser of a manifest: the settings, and the provider or its file."""
+
+    kind: Literal["vlm"]
+    provider: ProviderConfig | None = None
+    provider_file: str | None = Field(None, description=_PROVIDER_FILE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _one_provider_source(self) -> VlmSynthesizerSpec:
+        _check_provider_source(self.provider, self.provider_file)
+        return self
+
+
+class JudgeSpec(JudgeSettings):
+    """The visual judge of a manifest: the settings, and the provider or its file."""
+
+    provider: ProviderConfig | None = None
+    provider_file: str | None = Field(None, description=_PROVIDER_FILE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _one_provider_source(self) -> JudgeSpec:
+        _check_provider_source(self.provider, self.provider_file)
+        return self
+
+
+def _synthesizer_kind(value: Any) -> str:
+    # 'kind' may be left out for the template synthesiser, the default.
+    if isinstance(value, dict):
+        return str(value.get("kind", "template"))
+    return str(getattr(value, "kind", "template"))
+
+
+SynthesizerSpec = Annotated[
+    Annotated[TemplateSynthesizerSpec, Tag("template")] | Annotated[VlmSynthesizerSpec, Tag("vlm")],
+    Discriminator(
+        _synthesizer_kind,
+        custom_error_type="invalid_synthesizer_kind",
+        custom_error_message="synthesizer kind must be 'template' or 'vlm'",
+    ),
+    # The schema names the tag, so that a validation error reports the branch meant.
+    Field(json_schema_extra={"discriminator": {"propertyName": "kind"}}),
+]
 
 
 class Manifest(StrictModel):
@@ -289,7 +357,15 @@ class Manifest(StrictModel):
         default_factory=lambda: ["geometry.yaml"],
         description="rule files: names in rules/ or paths relative to this file",
     )
-    synthesizer: SynthesizerSpec = SynthesizerSpec()
+    synthesizer: SynthesizerSpec = Field(
+        TemplateSynthesizerSpec(),
+        description="who writes the queries: kind 'template' (offline, the default) or 'vlm'",
+    )
+    judge: JudgeSpec | None = Field(
+        None,
+        description="visual judge (verification stage 3); null skips it and records "
+        "verdict 'skipped'",
+    )
     split: SplitConfig = Field(
         SplitConfig(),
         description="train/val/test assignment by group (patient or case), so that no group "

@@ -195,15 +195,20 @@ class AcceptCriterion(_Strict):
     min_confidence: float = Field(default=0.7, ge=0, le=1)
 
 
-class JudgeConfig(_Strict):
-    """The visual judge: a VLM that receives the image with boxes drawn, and the query."""
+class JudgeSettings(_Strict):
+    """The visual judge's settings other than the provider: accept rule, drawing, prompt.
 
-    provider: ProviderConfig
+    :class:`JudgeConfig` adds the provider. A manifest's ``judge:`` adds either the
+    provider or the path of a file that holds it.
+    """
+
     accept: AcceptCriterion = AcceptCriterion()
     draw_other_candidates: bool = Field(
         default=True, description="draw the image's other objects in a second colour"
     )
-    prompt_template: str = "vlm_judge"
+    prompt_template: str = Field(
+        default="vlm_judge", description="template in prompts/ or in the manifest's folder"
+    )
     retry_on_invalid: bool = Field(
         default=True, description="ask once more, with the validation error, after an invalid reply"
     )
@@ -214,14 +219,22 @@ class JudgeConfig(_Strict):
         return _check_template_name(value)
 
 
-class VlmSynthConfig(_Strict):
-    """The VLM synthesiser: which model writes queries, from which prompt, how many."""
+class JudgeConfig(JudgeSettings):
+    """The visual judge: a VLM that receives the image with boxes drawn, and the query."""
 
-    kind: Literal["vlm"] = "vlm"
     provider: ProviderConfig
+
+
+class VlmSynthSettings(_Strict):
+    """The VLM synthesiser's settings other than the provider: prompt, marks, query count.
+
+    :class:`VlmSynthConfig` adds the provider. A manifest's ``synthesizer:`` with
+    ``kind: vlm`` adds either the provider or the path of a file that contains it.
+    """
+
     prompt_template: str = Field(
         default="vlm_synthesis",
-        description="template in prompts/ or in the manifest's prompt folder",
+        description="template in prompts/ or in the manifest's folder",
     )
     set_of_marks: bool = Field(
         default=False, description="also send a copy of the image with numbered boxes drawn"
@@ -235,3 +248,10 @@ class VlmSynthConfig(_Strict):
     @classmethod
     def _template_name(cls, value: str) -> str:
         return _check_template_name(value)
+
+
+class VlmSynthConfig(VlmSynthSettings):
+    """The VLM synthesiser: which model writes queries, from which prompt, how many."""
+
+    kind: Literal["vlm"] = "vlm"
+    provider: ProviderConfig

@@ -16,6 +16,7 @@ from medground.config.cues import CueThresholds
 from medground.config.lexicon import Lexicon
 from medground.config.manifest import Manifest
 from medground.config.phrasings import PhrasingFile
+from medground.config.provider import ProviderConfig
 from medground.config.rules import RuleFile
 
 GENERATED: dict[str, type[BaseModel]] = {
@@ -24,6 +25,7 @@ GENERATED: dict[str, type[BaseModel]] = {
     "cues": CueThresholds,
     "phrasings": PhrasingFile,
     "lexicon": Lexicon,
+    "provider": ProviderConfig,
 }
 
 

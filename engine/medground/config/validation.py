@@ -134,7 +134,7 @@ class _SchemaReporter:
 
         if discriminator and isinstance(instance, dict):
             tags = self._branch_tags(branches, discriminator)
-            tag = instance.get(discriminator)
+            tag = instance.get(discriminator, self._default_tag(branches, discriminator))
             if tag not in tags:
                 shown = f"invalid value {tag!r}" if tag is not None else "missing key"
                 yield loaded.problem(
@@ -170,6 +170,14 @@ class _SchemaReporter:
             value = resolved.get("properties", {}).get(prop, {})
             tags.append(value.get("const", (value.get("enum") or [None])[0]))
         return tags
+
+    def _default_tag(self, branches: list[dict[str, Any]], prop: str) -> str | None:
+        """Return the tag of the branch that applies when ``prop`` is left out, if any."""
+        for branch, tag in zip(branches, self._branch_tags(branches, prop), strict=True):
+            resolved = self._resolve_local_ref(branch["$ref"]) if "$ref" in branch else branch
+            if prop not in resolved.get("required", []):
+                return tag
+        return None
 
     def _resolve_local_ref(self, ref: str) -> dict[str, Any]:
         node: Any = self.root
