@@ -70,9 +70,14 @@ CASES = [
         {"claim_laterality": "unqualified", "claim_image_side": None},
     ),
     (
-        "leftmost is not a side",
+        "leftmost names a side without saying whose",
         "Locate the leftmost polyp.",
-        {"claim_relation": "leftmost", "claim_laterality": None},
+        {"claim_relation": "leftmost", "claim_laterality": "unqualified"},
+    ),
+    (
+        "hyphenated right-most",
+        "Among the six necrotic regions, mark the right-most one.",
+        {"claim_relation": "rightmost", "claim_laterality": "unqualified"},
     ),
     (
         "pair relation",
@@ -187,3 +192,16 @@ def test_uniqueness_null_for_multi():
     objects = _objects(object_id=["polyp-1", "polyp-2"])
     samples = add_claims(example_frame([{"task": "multi", "object_id": "polyp-1"}]), PATTERNS)
     assert add_uniqueness(samples, objects).get_column("claims_unique").to_list() == [None]
+
+
+def test_dataset_class_words_are_not_foreign() -> None:
+    from medground.config.loader import load_lexicon
+    from medground.resources import resource_dir
+    from medground.verify.claims import ClaimPatterns, add_claims
+
+    patterns = ClaimPatterns.from_lexicon(load_lexicon(resource_dir("rules") / "lexicon.yaml"))
+    table = pl.DataFrame({"query": ["Find the kidney."] * 2, "modality": ["dermoscopy"] * 2})
+    plain = add_claims(table, patterns)
+    own = add_claims(table, patterns, ["kidney"])
+    assert plain["claim_foreign_terms"].to_list() == ["kidney", "kidney"]
+    assert own["claim_foreign_terms"].to_list() == [None, None]

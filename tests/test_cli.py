@@ -151,7 +151,7 @@ def test_bad_input_is_recorded(
     row = rejected.filter(pl.col("rule_id") == rule_id)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
-    assert "1 records accepted" in result.output
+    assert "1 record accepted" in result.output
     assert row.height == 1, rejected.to_dicts()
     assert row.item(0, "stage") == stage
     assert named in row.item(0, "message")

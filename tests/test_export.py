@@ -141,9 +141,13 @@ def test_qwen2vl_markup_text(run: tuple[Path, list[dict[str, Any]]], tmp_path: P
     out = tmp_path / "export"
     export(records, out, "qwen2-vl")
     row = json.loads((out / "test.jsonl").read_text().splitlines()[0])
-    assert row["conversations"][0]["value"].startswith("<image>\nLocate <|object_ref_start|>")
+    record = next(r for r in records if r["id"] == row["id"])
+    assert row["conversations"][0]["value"] == "<image>\n" + record["query"]
+    label = record["targets"][0]["class"]
     # [20, 30, 100, 110] on 200 x 160 -> x * 5, y * 6.25, rounded half up.
-    assert row["conversations"][1]["value"] == "<|box_start|>(100,188),(500,688)<|box_end|>"
+    assert row["conversations"][1]["value"] == (
+        f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>(100,188),(500,688)<|box_end|>"
+    )
 
 
 def test_internvl_meta_file(run: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:

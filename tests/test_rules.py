@@ -229,3 +229,17 @@ def test_message_values_are_not_rounded_away(value: object, shown: str) -> None:
     from medground.verify.rules import _show
 
     assert _show(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("template", "values", "expected"),
+    [
+        pytest.param("covers {f:.1%}", {"f": 0.99996}, "covers 100.0%", id="percent"),
+        pytest.param("covers {f}", {"f": 0.99996}, "covers 0.99996", id="plain-float"),
+        pytest.param("side {s:.1%}", {"s": None}, "side null", id="null-with-spec"),
+    ],
+)
+def test_message_format_specs(template: str, values: dict[str, object], expected: str) -> None:
+    from medground.verify.rules import render_message
+
+    assert render_message(template, values) == expected

@@ -15,10 +15,13 @@ from medground.targets import mark_relations, select_targets
 THRESHOLDS = RelationThresholds(size_ratio=1.3, position_margin=0.08)
 
 
-def obj(oid: str, area: int, cx: float, cy: float, border: bool = False) -> dict[str, Any]:
+def obj(oid: str, area: int, cx: float, cy: float, border: bool = False,
+        half: int = 5) -> dict[str, Any]:
+    """An object on a 100 x 100 image centred at (cx, cy) (fractions), with a box of 2*half."""
+    x, y = cx * 100, cy * 100
     return {"image_key": "ds/case", "object_id": oid, "class": "lesion", "area": area,
-            "cx_frac": cx, "cy_frac": cy, "touches_border": border, "class_count": 2,
-            "x0": 0, "y0": 0, "x1": 10, "y1": 10}
+            "cx_frac": cx, "cy_frac": cy, "cx": x, "cy": y, "touches_border": border,
+            "class_count": 2, "x0": x - half, "y0": y - half, "x1": x + half, "y1": y + half}
 
 
 @pytest.mark.parametrize(
@@ -67,3 +70,28 @@ def test_selection_is_reproducible(tmp_path: Path) -> None:
     assert first == second
     assert sum(t["task"] == "single" for t in first) == 3
     assert sum(t["task"] == "multi" for t in first) == 1
+
+
+def test_overlapping_spans_are_not_left_or_right() -> None:
+    wide = obj("lesion-1", 4000, 0.55, 0.6, half=30)
+    satellite = obj("lesion-2", 300, 0.40, 0.2)
+    rows = [wide, satellite]
+    mark_relations(rows, THRESHOLDS)
+    assert wide["is_rightmost"] is False
+    assert satellite["is_leftmost"] is False
+    assert satellite["is_uppermost"] is True
+
+
+def test_radiology_targets_have_no_image_side_relations() -> None:
+    manifest = Manifest.model_validate({
+        "name": "ds", "modality": "mri", "root": ".", "orientation": "radiological",
+        "images": {"glob": "*.png"},
+        "masks": [{"encoding": "binary", "path": "{stem}_m.png", "class": "lesion"}],
+        "classes": [{"name": "lesion"}],
+        "targets": {"max_relation_per_class": 6},
+    })
+    rows = [obj("lesion-1", 1000, 0.2, 0.2), obj("lesion-2", 300, 0.8, 0.8)]
+    mark_relations(rows, THRESHOLDS)
+    targets = select_targets(rows, manifest, random.Random(0))
+    relations = {t["relation"] for t in targets if t["task"] == "relation"}
+    assert relations == {"largest", "smallest", "uppermost", "lowermost"}

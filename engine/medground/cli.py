@@ -199,11 +199,7 @@ def run(
         _fail(f"run failed: {exc}")
         return
     resumed = f", {summary.resumed_batches} batch(es) reused" if summary.resumed_batches else ""
-    click.echo(
-        f"{summary.out}: {summary.accepted} records accepted, {summary.rejected} rejections "
-        f"from {summary.images} images in {summary.seconds:.1f} s{resumed}; see "
-        f"{summary.out / 'report.md'}"
-    )
+    click.echo(f"{summary.out}: {summary.describe()}{resumed}; see {summary.out / 'report.md'}")
     if summary.stopped:
         click.echo(f"run stopped early: {summary.stopped}", err=True)
         sys.exit(3)

@@ -177,8 +177,27 @@ def write_outputs(
     rejected = write_rejections(store, out)
     stats = store.batch_stats()
     seconds = time.perf_counter() - started
-    write_report(out, pipeline, stats, store.rejection_counts(), accepted, seconds, stopped=stopped)
+    counts = store.rejection_counts()
+    write_report(out, pipeline, stats, counts, accepted, seconds, stopped=stopped)
     if options.previews:
         write_previews(out, n=options.preview_count, seed=pipeline.seed)
     images = sum(s["images"] for s in stats)
-    return RunSummary(out, images, accepted, rejected, seconds, resumed, stopped)
+    by_stage: dict[str, int] = {}
+    removed = 0
+    for row in counts.iter_rows(named=True):
+        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["count"]
+        if row["rule_id"] == "objects.min_object_size":
+            removed += row["count"]
+    return RunSummary(
+        out,
+        images,
+        accepted,
+        rejected,
+        seconds,
+        resumed,
+        stopped,
+        sources=sum(s.get("items", s["images"]) for s in stats),
+        volumes=pipeline.loaded.manifest.volume is not None,
+        rejected_by_stage=by_stage,
+        removed_components=removed,
+    )

@@ -38,7 +38,14 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
 
 def _distribution(title: str, counts: Counter[str]) -> list[str]:
     total = sum(counts.values()) or 1
-    rows = [(k, n, f"{100 * n / total:.1f} %") for k, n in counts.most_common()]
+    rows = [
+        (
+            k if k not in ("None", "null") else "(no word: value near a threshold or not measured)",
+            n,
+            f"{100 * n / total:.1f} %",
+        )
+        for k, n in counts.most_common()
+    ]
     return [f"### {title}", "", *_table(("value", "count", "share"), rows), ""]
 
 
@@ -88,15 +95,22 @@ def render_report(
         by_stage[row["stage"]] += row["count"]
         if row["rule_id"] == "objects.min_object_size":
             removed += row["count"]
+    source = "volumes" if pipeline.loaded.manifest.volume is not None else "images"
+    image = "slices" if source == "volumes" else "images"
     funnel = [
-        ("images found", discovery.get("images_found", _sum(stats, "images"))),
-        ("images paired with masks", discovery.get("paired", _sum(stats, "images"))),
-        ("images used (after --limit)", _sum(stats, "images")),
-        ("images decoded", _sum(stats, "images_loaded")),
-        ("images with at least one object", _sum(stats, "images_with_objects")),
+        (f"{source} found", discovery.get("images_found", _sum(stats, "images"))),
+        (f"{source} paired with masks", discovery.get("paired", _sum(stats, "images"))),
+        (f"{source} used (after --limit)", discovery.get("used", _sum(stats, "images"))),
+    ]
+    if source == "volumes":
+        funnel.append(("slices chosen by the slice strategy", _sum(stats, "images")))
+    funnel += [
+        (f"{image} decoded", _sum(stats, "images_loaded")),
+        (f"{image} with at least one object", _sum(stats, "images_with_objects")),
         ("objects (after removing small components)", _sum(stats, "objects")),
         ("components removed as too small", removed),
         ("targets", _sum(stats, "targets")),
+        ("targets no phrasing could describe (synthesis)", by_stage.get("synthesis", 0)),
         ("query candidates", _sum(stats, "candidates")),
         ("rejected at format", by_stage.get("format", 0)),
         ("rejected by rules (one row per rule that fired)", by_stage.get("rules", 0)),
@@ -129,10 +143,10 @@ def render_report(
     unpaired = discovery.get("unpaired_images", [])
     masks = discovery.get("unpaired_masks", [])
     unmatched = discovery.get("unmatched_images", [])
-    lines.append(
-        f"{len(unpaired)} image(s) without a mask, {len(masks)} mask file(s) without "
-        f"an image, {len(unmatched)} image(s) not matching images.pattern."
-    )
+    summary = f"{len(unpaired)} image(s) without a mask, {len(masks)} mask file(s) without an image"
+    if pipeline.loaded.manifest.images.pattern:
+        summary += f", {len(unmatched)} image(s) not matching images.pattern"
+    lines.append(summary + ".")
     lines.append("")
     for image, reason in unpaired[:_LIST_LIMIT]:
         lines.append(f"- image `{image}`: {reason}")

@@ -141,6 +141,16 @@ class Pipeline:
         self.vlm.close()
 
     @property
+    def dataset_terms(self) -> list[str]:
+        """Words the manifest declares for its classes: names, query words and their parts."""
+        words: list[str] = []
+        for spec in self.loaded.manifest.classes:
+            for phrase in (spec.name.replace("_", " "), spec.display_name, spec.plural_name):
+                words.append(phrase)
+                words.extend(phrase.split())
+        return words
+
+    @property
     def dataset(self) -> DatasetInfo:
         """What a synthesiser may know about the dataset."""
         manifest = self.loaded.manifest
@@ -242,9 +252,7 @@ def load_pipeline(
         declared[f"rules[{index}]"] = path
     checker = RecordChecker(load_schema("record"))
     claims = ClaimPatterns.from_lexicon(lexicon)
-    return Pipeline(
-        loaded, cues, rules, claims, synthesizer, declared, run_seed, checker, vlm=vlm
-    )
+    return Pipeline(loaded, cues, rules, claims, synthesizer, declared, run_seed, checker, vlm=vlm)
 
 
 @dataclass
@@ -258,6 +266,42 @@ class RunSummary:
     seconds: float
     resumed_batches: int
     stopped: str | None = None
+    sources: int = 0
+    volumes: bool = False
+    rejected_by_stage: dict[str, int] = field(default_factory=dict)
+    removed_components: int = 0
+
+    def describe(self) -> str:
+        """Return the one-line summary the CLI prints."""
+        candidates = sum(
+            n
+            for stage, n in self.rejected_by_stage.items()
+            if stage in ("synthesis", "format", "rules", "judge")
+        )
+        no_target = (
+            sum(
+                n
+                for stage, n in self.rejected_by_stage.items()
+                if stage in ("discover", "load", "objects")
+            )
+            - self.removed_components
+        )
+        source = (
+            f"{plural(self.images, 'slice')} of {plural(self.sources, 'volume')}"
+            if self.volumes
+            else plural(self.images, "image")
+        )
+        return (
+            f"{plural(self.accepted, 'record')} accepted, {plural(candidates, 'candidate')} "
+            f"rejected, {plural(no_target, 'input')} without a usable target, "
+            f"{plural(self.removed_components, 'small component')} removed; from {source} "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def plural(count: int, noun: str) -> str:
+    """Return '1 image' or '3 images'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _fingerprint(pipeline: Pipeline, options: RunOptions) -> str:
@@ -566,7 +610,7 @@ def finish_batch(
     samples: list[dict[str, Any]] = []
     if rows:
         table = pl.DataFrame(rows, schema=_sample_schema(), orient="row")
-        table = add_claims(table, pipeline.claims)
+        table = add_claims(table, pipeline.claims, pipeline.dataset_terms)
         table = add_uniqueness(table, _object_frame(results))
         outcome = evaluate(pipeline.rules, table)
         samples = table.to_dicts()
@@ -715,6 +759,7 @@ def _batch_stats(
     targets = [t for res in results for t in res.targets if t.get("source") != "vlm"]
     return {
         "images": len(results),
+        "items": len({res.index for res in results}),
         "images_loaded": sum(1 for r in results if r.width),
         "images_with_objects": sum(1 for r in results if r.objects),
         "objects": len(objects),

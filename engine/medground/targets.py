@@ -46,6 +46,15 @@ def mark_relations(rows: list[dict[str, Any]], thresholds: RelationThresholds) -
                     clear = False
             else:
                 clear = abs(first - second) >= thresholds.position_margin
+                # "The left one" must not name a box whose span covers the other's centre,
+                # e.g. a wide lesion beside a small satellite above it.
+                lead, other = ordered[0], ordered[1]
+                low, high = ("x0", "x1") if axis == "x" else ("y0", "y1")
+                centre = "cx" if axis == "x" else "cy"
+                if lead[low] <= other[centre] <= lead[high] or (
+                    other[low] <= lead[centre] <= other[high]
+                ):
+                    clear = False
             ordered[0][f"is_{relation}"] = clear
 
 
@@ -83,7 +92,7 @@ def select_targets(
         if spec.relation and spec.max_relation_per_class > 0:
             options = [
                 (relation, row)
-                for relation in RELATIONS
+                for relation in _allowed_relations(manifest)
                 for row in group
                 if row.get(f"is_{relation}")
             ]
@@ -96,6 +105,17 @@ def select_targets(
     for number, target in enumerate(targets):
         target["target_id"] = f"t{number}"
     return targets
+
+
+def _allowed_relations(manifest: Manifest) -> tuple[str, ...]:
+    """Relations a query may use: no image left/right where patient sides are defined.
+
+    On radiology images "the leftmost" is ambiguous between the image's and the patient's
+    left, so horizontal relations are left to phrasings that name the patient's side.
+    """
+    if manifest.orientation != "unknown" or manifest.volume is not None:
+        return tuple(r for r in RELATIONS if r not in ("leftmost", "rightmost"))
+    return RELATIONS
 
 
 def _target(

@@ -45,6 +45,9 @@ PATH_PLACEHOLDERS = ("stem", "name", "suffix", "dir", "parent", "case")
 
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 
+# Rule files in force when a manifest lists none: every shipped check.
+DEFAULT_RULE_FILES = ("geometry.yaml", "claims.yaml", "priors.yaml", "evidence.yaml")
+
 
 class StrictModel(BaseModel):
     """Base for declarative models: unknown keys are errors and instances are immutable."""
@@ -354,7 +357,7 @@ class Manifest(StrictModel):
         "lexicon.yaml", description="query lexicon of the claim checks: a name in rules/ or a path"
     )
     rules: list[str] = Field(
-        default_factory=lambda: ["geometry.yaml"],
+        default_factory=lambda: list(DEFAULT_RULE_FILES),
         description="rule files: names in rules/ or paths relative to this file",
     )
     synthesizer: SynthesizerSpec = Field(

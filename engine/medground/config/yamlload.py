@@ -125,9 +125,19 @@ def _build(node: yaml.Node, path: PathKey, loaded: LoadedYaml, problems: list[Pr
 
 def _scalar(node: yaml.Node) -> Any:
     if not isinstance(node, yaml.ScalarNode):
-        return str(node.value)
+        # A list or mapping used as a key: show it as the user wrote it, e.g. [255, 0, 0].
+        return _key_text(node)
     try:
         return _CONSTRUCTOR.construct_object(node, deep=True)
     finally:
         _CONSTRUCTOR.constructed_objects.clear()
         _CONSTRUCTOR.recursive_objects.clear()
+
+
+def _key_text(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "[" + ", ".join(_key_text(item) for item in node.value) + "]"
+    if isinstance(node, yaml.MappingNode):
+        pairs = (f"{_key_text(k)}: {_key_text(v)}" for k, v in node.value)
+        return "{" + ", ".join(pairs) + "}"
+    return str(_scalar(node))

@@ -69,14 +69,17 @@ _QWEN2VL_BOX = re.compile(
 
 
 def _qwen2vl_request(query: str) -> str:
-    return f"Locate <|object_ref_start|>{query}<|object_ref_end|> in the image."
+    # MedGround queries are whole instructions ("Locate the polyp in ..."), so they are
+    # sent as written; the reference tags mark the object phrase in the answer instead.
+    return query
 
 
 def _qwen2vl_response(coords: np.ndarray, labels: Sequence[str], query: str) -> str:
     return "".join(
+        f"<|object_ref_start|>{label}<|object_ref_end|>"
         f"<|box_start|>({_format_number(x1)},{_format_number(y1)}),"
         f"({_format_number(x2)},{_format_number(y2)})<|box_end|>"
-        for x1, y1, x2, y2 in coords
+        for (x1, y1, x2, y2), label in zip(coords, labels, strict=True)
     )
 
 

@@ -232,7 +232,7 @@ def _palette(
             result.append(ClassMask(class_name=colors[rgb], mask=close, **common))
     if not claimed.all():
         rows, cols = np.nonzero(~claimed)
-        sample = tuple(int(v) for v in raster.array[rows[0], cols[0]][:3])
+        sample = tuple(int(v) for v in array[rows[0], cols[0]][:3])
         raise MaskError(
             "unknown_label",
             f"{relative}: {rows.size} px have colours not in masks.{index}.colors, e.g. "

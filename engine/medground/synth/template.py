@@ -182,11 +182,13 @@ def _tidy(text: str) -> str:
 
 
 def _no_phrasing_message(target: dict[str, Any], context: dict[str, Any]) -> str:
-    known = {k: context[k] for k in _CUE_KEYS if context.get(k) is not None}
+    known = ", ".join(
+        f"{k.replace('_', ' ')} {context[k]}" for k in _CUE_KEYS if context.get(k) is not None
+    ) or "none"
     if target["task"] == "single" and context["count"] > 1:
         return (
             f"no phrasing singles out {target['object_ids'][0]} among {context['count']} "
-            f"objects of class {target['class']}: none of its known cues "
-            f"({known or 'none'}) is unique in the image"
+            f"objects of class {target['class']}: another object shares each of its known "
+            f"cues ({known})"
         )
     return f"no {target['task']} phrasing has all its required cues known (known: {known})"

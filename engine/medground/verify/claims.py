@@ -163,8 +163,9 @@ def claim_expressions(patterns: ClaimPatterns, query: str = "query") -> dict[str
         _canonical(q, maps["side"], rf"(?i)\b({side})\s+(?:side|half)\s+{of_image}"),
         _canonical(q, maps["side"], rf"(?i)\bon\s+the\s+({side})\s+{of_image}"),
     )
-    # A side word followed by a letter or hyphen is part of another word ("left-most").
-    has_side = q.str.contains(rf"(?i)\b(?:{side})(?:$|[^\w-])")
+    # A side word followed by a letter or hyphen is part of another word ("lefty"), except
+    # the superlatives "leftmost" and "left-most", which name a side too.
+    has_side = q.str.contains(rf"(?i)\b(?:{side})(?:-?most)?(?:$|[^\w-])")
     side_of_image = q.str.contains(rf"(?i)\b(?:{side})\s+(?:(?:side|half)\s+)?{of_image}")
     laterality = (
         pl.when(~has_side)
@@ -259,9 +260,21 @@ def _joined(terms: pl.Expr) -> pl.Expr:
     return pl.when(text == "").then(pl.lit(None, pl.String)).otherwise(text)
 
 
-def add_claims(samples: pl.DataFrame, patterns: ClaimPatterns) -> pl.DataFrame:
-    """Fill the claim columns of a sample table from its ``query`` and ``modality`` columns."""
+def add_claims(
+    samples: pl.DataFrame, patterns: ClaimPatterns, dataset_terms: Iterable[str] = ()
+) -> pl.DataFrame:
+    """Fill the claim columns of a sample table from its ``query`` and ``modality`` columns.
+
+    ``dataset_terms`` are words the manifest itself declares (class names and their query
+    words): a dataset's own classes are never foreign to it, whatever the lexicon lists.
+    """
     expressions = claim_expressions(patterns)
+    own = sorted({word.lower() for word in dataset_terms})
+    if own:
+        foreign = expressions["claim_foreign_terms"].str.split(", ").list.eval(
+            pl.element().filter(~pl.element().is_in(own))
+        )
+        expressions["claim_foreign_terms"] = _joined(foreign)
     return samples.with_columns(
         [expr.cast(CLAIM_COLUMNS[name].dtype).alias(name) for name, expr in expressions.items()]
     )

@@ -136,9 +136,8 @@ def explain(run_dir: Path, sample_id: str, rule_files: tuple[Path, ...]) -> None
 
     values = row.row(0, named=True)
     click.echo(f"sample {sample_id}")
-    click.echo(
-        f"recorded verdict: {values.get('rules_verdict')}; fired: {values.get('rules_fired')}"
-    )
+    fired = values.get("rules_fired") or "none"
+    click.echo(f"recorded verdict: {values.get('rules_verdict')}; fired: {fired}")
     click.echo("")
     click.echo("columns:")
     width = max(len(name) for name in SAMPLE_COLUMNS)

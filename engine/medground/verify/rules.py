@@ -97,11 +97,21 @@ def _message_fields(
     text: str, loaded: LoadedYaml, where: tuple[str | int, ...], rule_id: str
 ) -> tuple[str, ...]:
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
         raise ConfigError(
             [loaded.problem(where, f"rule {rule_id}: invalid message: {exc}")]
         ) from exc
+    fields = [name for name, _ in parsed]
+    for name, spec in parsed:
+        if spec:
+            try:
+                format(0.5, spec)
+            except ValueError as exc:
+                raise ConfigError(
+                    [loaded.problem(where, f"rule {rule_id}: invalid format '{{{name}:{spec}}}' "
+                                    f"({exc}); use a number format such as '.1%' or '.2f'")]
+                ) from exc
     for name in fields:
         if name not in SAMPLE_COLUMNS:
             raise ConfigError(
@@ -266,9 +276,26 @@ def evaluate(ruleset: RuleSet, samples: pl.DataFrame) -> RuleOutcome:
         values = samples[fired_rows].select(needed).to_dicts() if needed else [{}] * len(fired_rows)
         target = rejected if rule.spec.severity == "reject" else warned
         for row, fields in zip(fired_rows, values, strict=True):
-            message = rule.spec.message.format(**{k: _show(v) for k, v in fields.items()})
+            message = render_message(rule.spec.message, fields)
             target[row].append((rule.id, message))
     return RuleOutcome(rejected, warned, evaluated)
+
+
+class _MessageFormatter(string.Formatter):
+    """Fills ``{column}`` with a readable value and ``{column:spec}`` with ``format``."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec and isinstance(value, int | float) and not isinstance(value, bool):
+            return format(value, format_spec)
+        return _show(value)
+
+
+_FORMATTER = _MessageFormatter()
+
+
+def render_message(template: str, values: dict[str, Any]) -> str:
+    """Fill a rule message with the values of one sample row."""
+    return _FORMATTER.format(template, **values)
 
 
 def _show(value: Any) -> str:
@@ -317,7 +344,7 @@ def rule_verdicts(ruleset: RuleSet, sample: pl.DataFrame) -> list[tuple[Compiled
             results.append((rule, "pass", ""))
             continue
         fields = sample.select(list(dict.fromkeys(rule.message_fields))).row(0, named=True)
-        message = rule.spec.message.format(**{k: _show(v) for k, v in fields.items()})
+        message = render_message(rule.spec.message, fields)
         results.append((rule, "fail", message))
     return results
 
