@@ -82,8 +82,9 @@ def main(verbose: int, quiet: bool) -> None:
     type=click.IntRange(min=1),
     default=None,
     help="Processes for the per-image stages (load, objects, targets); default: all "
-    "cores (os.cpu_count()). 1 runs them in the main process. With --executor dask and "
-    "no --scheduler, the number of local Dask workers.",
+    "cores (os.cpu_count()), or the main process alone when the run has one batch to do. "
+    "1 runs them in the main process. With --executor dask and no --scheduler, the number "
+    "of local Dask workers.",
 )
 @click.option(
     "--executor",

@@ -195,7 +195,9 @@ class DaskExecutor:
             if self.scheduler is None:
                 self._cluster = distributed.LocalCluster(
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    # None still binds the scheduler's HTTP endpoint to port 8787 (distributed
+                    # 2026.8); a free loopback port avoids clashing with another cluster.
+                    dashboard_address="127.0.0.1:0",
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=True,

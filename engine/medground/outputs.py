@@ -169,7 +169,7 @@ def write_outputs(
     ``stopped`` is the reason a run ended before its last batch; the report repeats it.
     """
     from medground.preview import write_previews
-    from medground.report import write_report
+    from medground.report import empty_splits, write_report
     from medground.runner import RunSummary
 
     accepted = write_records(store, out)
@@ -178,6 +178,13 @@ def write_outputs(
     stats = store.batch_stats()
     seconds = time.perf_counter() - started
     counts = store.rejection_counts()
+    empty = empty_splits(pipeline, stats)
+    if empty:
+        logger.warning(
+            "%s: split(s) %s received no record; too few groups for the split ratios",
+            pipeline.loaded.manifest.name,
+            ", ".join(empty),
+        )
     write_report(out, pipeline, stats, counts, accepted, seconds, stopped=stopped)
     if options.previews:
         write_previews(out, n=options.preview_count, seed=pipeline.seed)

@@ -168,6 +168,13 @@ def render_report(
     lines += _distribution("Accepted records by split", _merge(stats, "accepted_by_split"))
 
     lines += ["## Warnings", ""]
+    empty = empty_splits(pipeline, stats)
+    if empty:
+        lines.append(
+            f"- split(s) {', '.join(empty)} received no record although their ratio is above "
+            "0: the dataset has too few groups for the ratios. Evaluation and the audit "
+            "default to the test split, so pass --split all or give more data."
+        )
     warned = _warned_rules(Path(pipeline.loaded.file), stats)
     lines += warned or ["No rule warnings on accepted records."]
     lines.append("")
@@ -307,6 +314,16 @@ def _rule_table(
         *_table(header, rows),
         "",
     ]
+
+
+def empty_splits(pipeline: Pipeline, stats: list[dict[str, Any]]) -> list[str]:
+    """Return the splits with a ratio above 0 that received no accepted record."""
+    config = pipeline.loaded.manifest.split
+    counts = _merge(stats, "accepted_by_split")
+    if config.held_out or not sum(counts.values()):
+        return []
+    ratios = config.ratios.model_dump()
+    return [name for name, ratio in ratios.items() if ratio > 0 and not counts.get(name)]
 
 
 def _warned_rules(_: Path, stats: list[dict[str, Any]]) -> list[str]:

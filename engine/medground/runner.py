@@ -380,7 +380,11 @@ def _run_pipeline(
         ]
         todo = [(number, batch) for number, batch in enumerate(batches) if number not in done]
         images_done = len(items) - sum(len(batch) for _, batch in todo)
-        executor = make_executor(options.executor, options.worker_count, options.scheduler)
+        workers = options.worker_count
+        if options.workers is None and options.executor == "local" and len(todo) <= 1:
+            # Starting a pool costs more than one batch of work; explicit --workers wins.
+            workers = 1
+        executor = make_executor(options.executor, workers, options.scheduler)
         show = options.show_progress
         image_fn = partial(
             process_item,
