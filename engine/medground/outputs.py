@@ -46,7 +46,9 @@ RECORD_TABLE_SCHEMA: dict[str, pl.DataType] = {
     "provenance_json": pl.String(),
 }
 
-_CHUNK = 10_000
+# Rows per write: peak memory of the output phase grows with it (measured: 10,000-record
+# chunks added about 100 MiB at 10,000 images; 2,000 keeps the peak flat).
+_CHUNK = 2_000
 
 
 def record_row(record: dict[str, Any]) -> dict[str, Any]:
