@@ -129,3 +129,35 @@ def test_solidity_of_l_shape_matches_hand_hull() -> None:
     mask[8:10, :] = True
     # Hull of the pixel corners: (0,0), (2,0), (10,8), (10,10), (0,10); shoelace area 68.
     assert shape_descriptors(mask).solidity == pytest.approx(36 / 68)
+
+
+def test_many_components_match_regionprops() -> None:
+    from skimage.measure import label, regionprops
+
+    mask = np.random.default_rng(3).random((64, 96)) > 0.55
+    components = find_components(mask, connectivity=1)
+    labels = label(mask, connectivity=1)
+    props = sorted(regionprops(labels), key=lambda p: (p.bbox[0], p.bbox[1]))
+    ours = sorted(
+        zip(components.bbox_xyxy.tolist(), components.area.tolist(),
+            components.centroid_xy.tolist(), strict=True),
+        key=lambda item: (item[0][1], item[0][0]),
+    )
+    assert len(ours) == len(props)
+    for (box, area, centroid), prop in zip(ours, props, strict=True):
+        min_row, min_col, max_row, max_col = prop.bbox
+        assert box == [min_col, min_row, max_col, max_row]
+        assert area == prop.area
+        assert centroid == pytest.approx([prop.centroid[1] + 0.5, prop.centroid[0] + 0.5])
+
+
+def test_measure_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medground.geometry as geometry
+
+    mask = np.random.default_rng(4).random((50, 70)) > 0.6
+    histogram = find_components(mask, connectivity=1)
+    monkeypatch.setattr(geometry, "_MAX_HISTOGRAM_CELLS", 0)
+    index_arrays = find_components(mask, connectivity=1)
+    assert np.array_equal(histogram.area, index_arrays.area)
+    assert np.allclose(histogram.centroid_xy, index_arrays.centroid_xy)
+    assert np.array_equal(histogram.bbox_xyxy, index_arrays.bbox_xyxy)

@@ -20,6 +20,10 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from skimage.measure import label as label_components
 
+# Above this many histogram cells (image rows plus columns, times components) the
+# per-row and per-column label histograms would take more memory than index arrays.
+_MAX_HISTOGRAM_CELLS = 4_000_000
+
 
 @dataclass(frozen=True)
 class Components:
@@ -83,14 +87,27 @@ def measure_labels(
     ox, oy = origin_xy
     if count == 1:
         return _measure_single(labels, origin_xy)
-    width = labels.shape[1]
-    flat = labels.ravel()
-    foreground = np.flatnonzero(flat)
-    ids = flat[foreground]
-    rows, cols = np.divmod(foreground, width)
-    area = np.bincount(ids, minlength=count + 1)[1:]
-    sum_x = np.bincount(ids, weights=cols, minlength=count + 1)[1:]
-    sum_y = np.bincount(ids, weights=rows, minlength=count + 1)[1:]
+    height, width = labels.shape
+    bins = count + 1
+    if (height + width) * bins <= _MAX_HISTOGRAM_CELLS:
+        # Label histograms per row and per column, each from one bincount over a combined
+        # key; areas and coordinate sums then come from small matrix products.
+        row_keys = (np.arange(height, dtype=np.int64)[:, None] * bins + labels).ravel()
+        per_row = np.bincount(row_keys, minlength=height * bins).reshape(height, bins)[:, 1:]
+        col_keys = (np.arange(width, dtype=np.int64)[None, :] * bins + labels).ravel()
+        per_col = np.bincount(col_keys, minlength=width * bins).reshape(width, bins)[:, 1:]
+        area = per_row.sum(axis=0)
+        sum_x = np.arange(width) @ per_col
+        sum_y = np.arange(height) @ per_row
+    else:
+        # Thousands of components: index arrays of the foreground cost less memory.
+        flat = labels.ravel()
+        foreground = np.flatnonzero(flat)
+        ids = flat[foreground]
+        rows, cols = np.divmod(foreground, width)
+        area = np.bincount(ids, minlength=bins)[1:]
+        sum_x = np.bincount(ids, weights=cols, minlength=bins)[1:]
+        sum_y = np.bincount(ids, weights=rows, minlength=bins)[1:]
     centroid = np.stack([sum_x / area + 0.5 + ox, sum_y / area + 0.5 + oy], axis=1)
 
     boxes = np.zeros((count, 4), np.int64)
