@@ -95,3 +95,18 @@ def test_radiology_targets_have_no_image_side_relations() -> None:
     targets = select_targets(rows, manifest, random.Random(0))
     relations = {t["relation"] for t in targets if t["task"] == "relation"}
     assert relations == {"largest", "smallest", "uppermost", "lowermost"}
+
+
+def test_crowded_class_samples_only_singleable_objects() -> None:
+    manifest = Manifest.model_validate({
+        "name": "ds", "modality": "other", "root": ".",
+        "images": {"glob": "*.png"},
+        "masks": [{"encoding": "binary", "path": "{stem}_m.png", "class": "lesion"}],
+        "classes": [{"name": "lesion"}],
+        "targets": {"max_single_per_image": 3, "multi": False, "relation": False},
+    })
+    rows = [obj(f"lesion-{k}", 100, k / 10, 0.5) for k in range(1, 9)]
+    for row in rows:
+        row["singleable"] = row["object_id"] in ("lesion-2", "lesion-5")
+    targets = select_targets(rows, manifest, random.Random(0))
+    assert sorted(t["object_ids"][0] for t in targets) == ["lesion-2", "lesion-5"]

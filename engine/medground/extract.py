@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from medground.config.cues import CueThresholds
 from medground.config.manifest import Manifest
+from medground.cues import add_cues
 from medground.geometry import (
     Components,
     find_components,
@@ -122,6 +124,8 @@ def _objects_and_targets(
 
     rows = [o.row for o in objects]
     mark_relations(rows, cues.relations)
+    if len(rows) > manifest.targets.max_single_per_image:
+        _mark_singleable(rows, cues, result.orientation)
     rng = random.Random(f"{manifest.seed}:{result.image_key}")
     result.targets = select_targets(rows, manifest, rng)
     described = {oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]}
@@ -316,6 +320,28 @@ def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
             for obj in group:
                 obj.row[f"is_{relation}"] = False
     found.sort(key=lambda o: (o.row["class"], o.row["y0"], o.row["x0"]))
+
+
+def _mark_singleable(rows: list[dict[str, Any]], cues: CueThresholds, orientation: str) -> None:
+    """Set ``singleable`` on objects that a size, position or side cue singles out.
+
+    Uses the same cue stage as the batch (:func:`medground.cues.add_cues`), before shape
+    descriptors exist, so shape cannot help here. Only images with more objects than the
+    single-target cap pay for it.
+    """
+    frame = pl.DataFrame(
+        [{k: row[k] for k in ("image_key", "class", "area_frac", "cx_frac", "cy_frac")}
+         for row in rows]
+    ).with_columns(
+        eccentricity=pl.lit(None, pl.Float64),
+        solidity=pl.lit(None, pl.Float64),
+        orientation=pl.lit(orientation),
+    )
+    flags = add_cues(frame, cues).select(
+        pl.col("size_unique") | pl.col("position_unique") | pl.col("image_side_unique")
+    ).to_series().to_list()
+    for row, flag in zip(rows, flags, strict=True):
+        row["singleable"] = bool(flag) or row["class_count"] == 1
 
 
 def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, float]) -> None:

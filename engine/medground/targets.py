@@ -74,8 +74,12 @@ def select_targets(
     if spec.single:
         chosen = rows
         if len(rows) > spec.max_single_per_image:
-            picked = sorted(rng.sample(range(len(rows)), spec.max_single_per_image))
-            chosen = [rows[i] for i in picked]
+            # With more objects than the cap, sample among those a cue can single out
+            # (``singleable``, set by the caller); the others would only be rejected.
+            pool = [row for row in rows if row.get("singleable", True)]
+            count = min(spec.max_single_per_image, len(pool))
+            picked = sorted(rng.sample(range(len(pool)), count))
+            chosen = [pool[i] for i in picked]
         for row in chosen:
             targets.append(_target("single", row["class"], [row], None))
 
