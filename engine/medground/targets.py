@@ -115,7 +115,8 @@ def _allowed_relations(manifest: Manifest) -> tuple[str, ...]:
     """Relations a query may use: no image left/right where patient sides are defined.
 
     On radiology images "the leftmost" is ambiguous between the image's and the patient's
-    left, so horizontal relations are left to phrasings that name the patient's side.
+    left, so horizontal relations are not offered there; single-object phrasings name the
+    patient's side instead.
     """
     if manifest.orientation != "unknown" or manifest.volume is not None:
         return tuple(r for r in RELATIONS if r not in ("leftmost", "rightmost"))
