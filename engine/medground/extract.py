@@ -92,7 +92,7 @@ def process_image(
         result.reject("load", "load.unreadable_image", str(exc))
         return result
     result.height, result.width = raster.height, raster.width
-    result.sha256 = raster.sha256
+    result.sha256 = raster.sha256 or ""
     try:
         class_masks, skipped = decode_masks(
             manifest, root, item.masks, item.placeholders, (raster.height, raster.width)

@@ -54,7 +54,7 @@ class SkippedMask:
     message: str
 
 
-RasterReader = Callable[[Path, bool], Raster]
+RasterReader = Callable[..., Raster]
 
 
 def decode_masks(
@@ -139,7 +139,7 @@ def _read(
     root: Path, relative: str, image_hw: tuple[int, int], reader: RasterReader, indices: bool
 ) -> Raster:
     try:
-        raster = reader(root / relative, indices)
+        raster = reader(root / relative, indices, hash_content=False)
     except RasterError as exc:
         raise MaskError("unreadable_mask", str(exc)) from exc
     if (raster.height, raster.width) != image_hw:

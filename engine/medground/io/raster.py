@@ -32,7 +32,7 @@ class Raster:
     path: Path
     array: np.ndarray
     mode: str
-    sha256: str
+    sha256: str | None
 
     @property
     def height(self) -> int:
@@ -45,13 +45,17 @@ class Raster:
         return int(self.array.shape[1])
 
 
-def read_raster(path: Path, keep_palette_indices: bool = False) -> Raster:
+def read_raster(
+    path: Path, keep_palette_indices: bool = False, hash_content: bool = True
+) -> Raster:
     """Decode an image file completely.
 
     Args:
         path: the file.
         keep_palette_indices: for palette ('P') images, return the indices instead of colours
             (label maps saved as indexed PNG store class ids as indices).
+        hash_content: compute the file's SHA-256 (records carry it for images; masks are
+            read without it).
 
     Raises:
         RasterError: when the file is missing, not an image, or truncated.
@@ -62,7 +66,7 @@ def read_raster(path: Path, keep_palette_indices: bool = False) -> Raster:
         raise RasterError(f"{path}: file not found") from exc
     except OSError as exc:
         raise RasterError(f"{path}: cannot read file ({exc.strerror})") from exc
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest() if hash_content else None
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
