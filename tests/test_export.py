@@ -421,3 +421,18 @@ def test_qwen25vl_rejects_image_below_patch_factor(tmp_path: Path) -> None:
     _, records = make_run(tmp_path, cases)
     with pytest.raises(ExportError, match="smaller than the patch factor 28"):
         export(records, tmp_path / "export", "qwen2.5-vl")
+
+
+def test_export_files_follow_umask(run: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+    import os
+
+    _, records = run
+    out = tmp_path / "export"
+    previous = os.umask(0o022)
+    try:
+        export(records, out, "qwen2-vl")
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.rglob("*") if path.is_file()}
+    assert modes
+    assert set(modes.values()) == {0o644}

@@ -292,3 +292,19 @@ def test_sample_rejects_bad_options(
 
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_sample_pack_follows_umask(make_run: RunFactory, tmp_path: Path) -> None:
+    import os
+
+    run = make_run("kvasir-seg", n_records=4, tasks=("single",))
+    pack_dir = tmp_path / "pack"
+    previous = os.umask(0o022)
+    try:
+        result = run_sample(str(run), "--n", "2", "--split", "all", "--out", str(pack_dir))
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert pack_dir.stat().st_mode & 0o777 == 0o755
+    modes = {p.stat().st_mode & 0o777 for p in pack_dir.rglob("*") if p.is_file()}
+    assert modes == {0o644}

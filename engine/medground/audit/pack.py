@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -117,7 +118,10 @@ def build_pack(request: SampleRequest, out_dir: Path, *, force: bool = False) ->
 
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    staging = parent / f".{out_dir.name}.{uuid.uuid4().hex}"
+    # mkdir (not mkdtemp, whose 0700 mode would survive the rename) so the pack gets the
+    # permissions the umask allows and other reviewers on the machine can open it.
+    staging.mkdir()
     try:
         items = [
             _render_item(index, candidate, keys[id(candidate)], staging, request.max_side)

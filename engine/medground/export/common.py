@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image
 
 from medground import boxes as box_ops
 from medground.export.runs import provenance_summary, write_text_atomic
+from medground.store import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +162,9 @@ class ImageStore:
         return self._stored[key]
 
     def _materialise(self, source: Path, destination: Path) -> None:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-        os.close(handle)
-        try:
+        with atomic_path(destination) as temporary:
             if self.link == "hardlink":
-                os.unlink(temporary)
+                temporary.unlink()
                 try:
                     os.link(source, temporary)
                 except OSError as exc:
@@ -177,10 +174,6 @@ class ImageStore:
                     ) from exc
             else:
                 shutil.copyfile(source, temporary)
-            os.replace(temporary, destination)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
 
 
 def provenance_markdown(records: list[dict[str, Any]], sources: tuple[Path, ...]) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from medground.resources import load_schema
+from medground.store import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -123,20 +122,8 @@ def provenance_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text atomically (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

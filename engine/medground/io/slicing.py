@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from medground.config.volume import PlaneName, VolumeConfig
+from medground.store import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -343,15 +343,6 @@ def save_slice_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
             f"{image.shape} {image.dtype}; scale it with scale_to_uint8 first"
         )
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
-    )
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(image).save(stream, format="PNG")
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(destination) as temporary:
+        Image.fromarray(image).save(temporary, format="PNG")
     return destination
