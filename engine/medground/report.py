@@ -175,7 +175,7 @@ def render_report(
             "0: the dataset has too few groups for the ratios. Evaluation and the audit "
             "default to the test split, so pass --split all or give more data."
         )
-    warned = _warned_rules(Path(pipeline.loaded.file), stats)
+    warned = _warned_rules(stats)
     lines += warned or ["No rule warnings on accepted records."]
     lines.append("")
 
@@ -326,7 +326,7 @@ def empty_splits(pipeline: Pipeline, stats: list[dict[str, Any]]) -> list[str]:
     return [name for name, ratio in ratios.items() if ratio > 0 and not counts.get(name)]
 
 
-def _warned_rules(_: Path, stats: list[dict[str, Any]]) -> list[str]:
+def _warned_rules(stats: list[dict[str, Any]]) -> list[str]:
     counts = _merge(stats, "warnings_by_rule")
     examples: dict[str, str] = {}
     for batch in stats:

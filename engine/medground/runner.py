@@ -64,6 +64,7 @@ from medground.synth.base import ClassInfo, DatasetInfo, SynthesisRequest, Synth
 from medground.synth.template import TemplateSynthesizer
 from medground.targets import RELATIONS
 from medground.verify.claims import ClaimPatterns, add_claims, add_uniqueness
+from medground.verify.columns import table_schema
 from medground.verify.format import RecordChecker
 from medground.verify.rules import RuleSet, evaluate, load_rules
 from medground.vlm.client import CostCapReached
@@ -242,8 +243,12 @@ def load_pipeline(
         if vlm is not None:
             vlm.close()
         raise ConfigError(problems)
-    assert cues is not None and rules is not None and synthesizer is not None  # for mypy
-    assert lexicon is not None and vlm is not None  # for mypy
+    # Every loader returned a value when no problem was recorded; the asserts tell mypy so.
+    assert cues is not None
+    assert rules is not None
+    assert synthesizer is not None
+    assert lexicon is not None
+    assert vlm is not None
     declared["cues"] = cues_path
     declared["lexicon"] = lexicon_path
     if phrasing_path is not None:
@@ -257,7 +262,7 @@ def load_pipeline(
 
 @dataclass
 class RunSummary:
-    """What a finished run produced and where."""
+    """Summary of a finished run: counts, timing and the output folder."""
 
     out: Path
     images: int
@@ -613,7 +618,7 @@ def finish_batch(
     accepted: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     if rows:
-        table = pl.DataFrame(rows, schema=_sample_schema(), orient="row")
+        table = pl.DataFrame(rows, schema=table_schema(), orient="row")
         table = add_claims(table, pipeline.claims, pipeline.dataset_terms)
         table = add_uniqueness(table, _object_frame(results))
         outcome = evaluate(pipeline.rules, table)
@@ -621,7 +626,12 @@ def finish_batch(
         for index, record in enumerate(records):
             fired = outcome.rejected_by[index]
             warned = outcome.warned_by[index]
-            samples[index]["rules_verdict"] = "reject" if fired else ("warn" if warned else "pass")
+            verdict = "pass"
+            if fired:
+                verdict = "reject"
+            elif warned:
+                verdict = "warn"
+            samples[index]["rules_verdict"] = verdict
             samples[index]["rules_fired"] = ", ".join(r for r, _ in fired + warned) or None
             if fired:
                 for rule_id, message in fired:
@@ -642,7 +652,7 @@ def finish_batch(
     timings["judge"] += time.perf_counter() - clock
     progress.advance("judge", len(results))
 
-    # Splits hash the group id, so assigning them batch by batch gives the same answer as
+    # Splits hash the group id, so assigning them batch by batch gives the same result as
     # assigning them over the whole dataset at once.
     accepted = assign_splits(accepted, manifest.split)
 
@@ -679,12 +689,6 @@ def _judge_stage(
         for rejection in outcome.rejections:
             rejections.append(_rejection(record, "judge", rejection.rule_id, rejection.message))
     return passed, verdicts
-
-
-def _sample_schema() -> dict[str, pl.DataType]:
-    from medground.verify.columns import table_schema
-
-    return table_schema()
 
 
 _OBJECT_FRAME_COLUMNS = {

@@ -1,6 +1,6 @@
 """Objects to targets: single objects, all objects of a class, relational picks.
 
-A relation is marked on an object only when it holds clearly among the objects of its
+A relation is marked on an object only when it is clearly true among the objects of its
 class (see ``relations`` in ``rules/cues.yaml``), so "the larger polyp" is never written
 about two polyps of nearly equal size.
 """
@@ -27,7 +27,7 @@ _RELATION_KEYS = {
 
 
 def mark_relations(rows: list[dict[str, Any]], thresholds: RelationThresholds) -> None:
-    """Set ``is_<relation>`` on objects where the relation clearly holds in their class."""
+    """Set ``is_<relation>`` on objects where the relation is clearly true in their class."""
     by_class: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_class.setdefault(row["class"], []).append(row)

@@ -32,7 +32,7 @@ class SizeThresholds(StrictModel):
 
 
 class PositionThresholds(StrictModel):
-    """Where the 3x3 grid cells and the image sides begin, as fractions of width or height."""
+    """Grid lines and side margins, as fractions of the image width or height."""
 
     grid: tuple[float, float] = Field(
         (1 / 3, 2 / 3), description="the two inner grid lines, as fractions of width and height"
@@ -63,7 +63,7 @@ class ShapeThresholds(StrictModel):
 
 
 class RelationThresholds(StrictModel):
-    """How clear a relation must be before a query may state it."""
+    """Margins a relation must clear before a query may state it."""
 
     size_ratio: float = Field(
         1.3, ge=1, description="the largest must be this many times the area of the next"

@@ -92,7 +92,7 @@ class ClassSpec(StrictModel):
 
 
 class ImagesSpec(StrictModel):
-    """Where the images are, relative to the dataset root."""
+    """Location of the images, relative to the dataset root."""
 
     glob: str | list[str] = Field(description="glob pattern(s) relative to root; ** recurses")
     exclude: list[str] = Field(
@@ -230,7 +230,7 @@ MaskSource = Annotated[
 
 
 class ObjectsSpec(StrictModel):
-    """How masks become objects."""
+    """Settings that turn masks into objects."""
 
     connectivity: Literal[1, 2] = Field(
         2, description="1: 4-connected pixels form a component; 2: 8-connected"
@@ -241,7 +241,7 @@ class ObjectsSpec(StrictModel):
 
 
 class TargetsSpec(StrictModel):
-    """Which targets to build per image."""
+    """Kinds and caps of the targets built per image."""
 
     single: bool = Field(True, description="one target per object")
     multi: bool = Field(True, description="all objects of a class when there are several")
