@@ -1,6 +1,6 @@
 """The per-image stages: load, decode masks, find objects, select targets.
 
-:func:`process_image` is a pure function of an :class:`ImageItem` and the run's static
+:func:`process_items` is a pure function of a few :class:`ImageItem` and the run's static
 settings, and returns plain rows, so it runs unchanged in a process pool or on Dask.
 """
 
@@ -10,6 +10,7 @@ import hashlib
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,9 @@ def image_key_for(dataset: str, item: ImageItem) -> str:
 
 
 def process_image(
-    item: ImageItem, manifest: Manifest, root: Path, cues: CueThresholds
+    item: ImageItem, manifest: Manifest, root: Path, selection: TargetSelection
 ) -> ImageResult:
-    """Run load, objects and target selection for one image."""
+    """Run load and objects for one image and hand it to ``selection`` for its targets."""
     key = image_key_for(manifest.name, item)
     result = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
     clock = time.perf_counter()
@@ -104,43 +105,93 @@ def process_image(
         result.reject("load", f"load.{skip.rule_id}", skip.message, key=f"{key}/{skip.file}")
     result.orientation = manifest.orientation
     result.timings["load"] = time.perf_counter() - clock
-    return _objects_and_targets(result, manifest, cues, class_masks, raster.array)
-
-
-def _objects_and_targets(
-    result: ImageResult,
-    manifest: Manifest,
-    cues: CueThresholds,
-    class_masks: list[ClassMask],
-    pixels: np.ndarray,
-) -> ImageResult:
     clock = time.perf_counter()
     objects = _find_objects(result, manifest, class_masks)
-    now = time.perf_counter()
-    result.timings["objects"] = result.timings.get("objects", 0.0) + now - clock
-    clock = now
-    if not objects:
-        return result
-
-    rows = [o.row for o in objects]
-    mark_relations(rows, cues.relations)
-    if len(rows) > manifest.targets.max_single_per_image:
-        _mark_singleable(rows, cues, result.orientation)
-    rng = random.Random(f"{manifest.seed}:{result.image_key}")
-    result.targets = select_targets(rows, manifest, rng)
-    described = {oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]}
-    grey = to_grey(pixels) if described else None
-    value_range = intensity_range(grey) if grey is not None else (0.0, 0.0)
-    for obj in objects:
-        if obj.row["object_id"] in described:
-            _describe(obj, grey, value_range)
-    result.objects = rows
-    result.timings["targets"] = result.timings.get("targets", 0.0) + time.perf_counter() - clock
+    result.timings["objects"] = time.perf_counter() - clock
+    selection.add(result, objects, raster.array)
     return result
 
 
+@dataclass
+class _Waiting:
+    result: ImageResult
+    objects: list[_Object]
+    pixels: np.ndarray
+
+
+class TargetSelection:
+    """Select the targets of images and describe the objects those targets name.
+
+    An image with more objects than ``targets.max_single_per_image`` needs to know which
+    objects a size, position or side cue singles out before sampling its singles. That
+    takes the cue stage (:func:`medground.cues.add_cues`), whose fixed cost per call is
+    far above its cost per row, so such images wait here and share one call: at
+    :meth:`flush`, or as soon as the waiting images hold ``max_waiting_px`` pixels.
+    Every other image is finished at once. The order in which images are finished does
+    not change their targets: each image samples with its own seeded generator.
+    """
+
+    def __init__(self, manifest: Manifest, cues: CueThresholds, max_waiting_px: int = 32_000_000):
+        self.manifest = manifest
+        self.cues = cues
+        self.max_waiting_px = max_waiting_px
+        self._waiting: list[_Waiting] = []
+        self._waiting_px = 0
+
+    def add(self, result: ImageResult, objects: list[_Object], pixels: np.ndarray) -> None:
+        """Select targets for one image now, or keep it for the next shared cue pass."""
+        if not objects:
+            return
+        clock = time.perf_counter()
+        rows = [o.row for o in objects]
+        mark_relations(rows, self.cues.relations)
+        result.objects = rows
+        if len(rows) > self.manifest.targets.max_single_per_image:
+            self._waiting.append(_Waiting(result, objects, pixels))
+            self._waiting_px += pixels.shape[0] * pixels.shape[1]
+            _add_time(result, "targets", time.perf_counter() - clock)
+            if self._waiting_px >= self.max_waiting_px:
+                self.flush()
+            return
+        self._finish(result, objects, pixels)
+        _add_time(result, "targets", time.perf_counter() - clock)
+
+    def flush(self) -> None:
+        """Finish every waiting image with one cue pass over all their objects."""
+        if not self._waiting:
+            return
+        clock = time.perf_counter()
+        waiting, self._waiting, self._waiting_px = self._waiting, [], 0
+        _mark_singleable(
+            [row for w in waiting for row in w.result.objects],
+            [w.result.orientation for w in waiting for _ in w.result.objects],
+            self.cues,
+        )
+        for entry in waiting:
+            self._finish(entry.result, entry.objects, entry.pixels)
+        share = (time.perf_counter() - clock) / len(waiting)
+        for entry in waiting:
+            _add_time(entry.result, "targets", share)
+
+    def _finish(self, result: ImageResult, objects: list[_Object], pixels: np.ndarray) -> None:
+        rng = random.Random(f"{self.manifest.seed}:{result.image_key}")
+        result.targets = select_targets(result.objects, self.manifest, rng)
+        described = {
+            oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]
+        }
+        grey = to_grey(pixels) if described else None
+        value_range = intensity_range(grey) if grey is not None else (0.0, 0.0)
+        for obj in objects:
+            if obj.row["object_id"] in described:
+                _describe(obj, grey, value_range)
+
+
+def _add_time(result: ImageResult, stage: str, seconds: float) -> None:
+    result.timings[stage] = result.timings.get(stage, 0.0) + seconds
+
+
 def process_volume(
-    item: ImageItem, manifest: Manifest, root: Path, cues: CueThresholds, slice_dir: Path
+    item: ImageItem, manifest: Manifest, root: Path, selection: TargetSelection, slice_dir: Path
 ) -> list[ImageResult]:
     """Cut one volume into the slices its strategy selects and process each as an image.
 
@@ -187,9 +238,11 @@ def process_volume(
             for label_id, name_ in sorted(volume_slice.class_names.items())
             if (volume_slice.labels == label_id).any()
         ]
-        results.append(
-            _objects_and_targets(result, manifest, cues, class_masks, volume_slice.image)
-        )
+        clock = time.perf_counter()
+        objects = _find_objects(result, manifest, class_masks)
+        result.timings["objects"] = time.perf_counter() - clock
+        selection.add(result, objects, volume_slice.image)
+        results.append(result)
     if not results:
         empty = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
         empty.reject("objects", "objects.empty_mask",
@@ -322,20 +375,35 @@ def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
     found.sort(key=lambda o: (o.row["class"], o.row["y0"], o.row["x0"]))
 
 
-def _mark_singleable(rows: list[dict[str, Any]], cues: CueThresholds, orientation: str) -> None:
+def _mark_singleable(
+    rows: list[dict[str, Any]], orientations: list[str], cues: CueThresholds
+) -> None:
     """Set ``singleable`` on objects that a size, position or side cue singles out.
 
     Uses the same cue stage as the batch (:func:`medground.cues.add_cues`), before shape
-    descriptors exist, so shape cannot help here. Only images with more objects than the
-    single-target cap pay for it.
+    descriptors exist, so shape cannot help here. ``orientations`` gives each row's
+    image convention; rows of several images may come together.
     """
     frame = pl.DataFrame(
-        [{k: row[k] for k in ("image_key", "class", "area_frac", "cx_frac", "cy_frac")}
-         for row in rows]
+        {
+            "image_key": [row["image_key"] for row in rows],
+            "class": [row["class"] for row in rows],
+            "area_frac": [row["area_frac"] for row in rows],
+            "cx_frac": [row["cx_frac"] for row in rows],
+            "cy_frac": [row["cy_frac"] for row in rows],
+            "orientation": orientations,
+        },
+        schema={
+            "image_key": pl.String,
+            "class": pl.String,
+            "area_frac": pl.Float64,
+            "cx_frac": pl.Float64,
+            "cy_frac": pl.Float64,
+            "orientation": pl.String,
+        },
     ).with_columns(
         eccentricity=pl.lit(None, pl.Float64),
         solidity=pl.lit(None, pl.Float64),
-        orientation=pl.lit(orientation),
     )
     flags = add_cues(frame, cues).select(
         pl.col("size_unique") | pl.col("position_unique") | pl.col("image_side_unique")
@@ -359,10 +427,24 @@ def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, f
         row["evidence_cnr"], row["evidence_edge"] = measure_evidence(grey, crop, box, value_range)
 
 
-def process_item(
-    item: ImageItem, manifest: Manifest, root: Path, cues: CueThresholds, slice_dir: Path
-) -> list[ImageResult]:
-    """Process one paired item: a 2D image gives one result, a volume one per slice."""
-    if manifest.volume is not None:
-        return process_volume(item, manifest, root, cues, slice_dir)
-    return [process_image(item, manifest, root, cues)]
+def process_items(
+    items: Sequence[ImageItem],
+    manifest: Manifest,
+    root: Path,
+    cues: CueThresholds,
+    slice_dir: Path,
+) -> list[list[ImageResult]]:
+    """Process paired items: a 2D image gives one result, a volume one per slice.
+
+    Items processed together share the cue pass of their crowded images
+    (:class:`TargetSelection`), so a few dozen per call cost less than one at a time.
+    """
+    selection = TargetSelection(manifest, cues)
+    per_item: list[list[ImageResult]] = []
+    for item in items:
+        if manifest.volume is not None:
+            per_item.append(process_volume(item, manifest, root, selection, slice_dir))
+        else:
+            per_item.append([process_image(item, manifest, root, selection)])
+    selection.flush()
+    return per_item

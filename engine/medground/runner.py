@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -53,7 +54,7 @@ from medground.executors import (
     default_workers,
     make_executor,
 )
-from medground.extract import ImageResult, image_key_for, process_item
+from medground.extract import ImageResult, image_key_for, process_items
 from medground.io.pairing import Discovery, ImageItem, discover
 from medground.progress import StageProgress, stderr_is_terminal
 from medground.resources import load_schema
@@ -391,8 +392,8 @@ def _run_pipeline(
             workers = 1
         executor = make_executor(options.executor, workers, options.scheduler)
         show = options.show_progress
-        image_fn = partial(
-            process_item,
+        items_fn = partial(
+            process_items,
             manifest=manifest,
             root=pipeline.loaded.root,
             cues=pipeline.cues,
@@ -402,7 +403,7 @@ def _run_pipeline(
         with (
             executor,
             StageProgress(len(items), images_done, enabled=show) as progress,
-            closing(_map_batches(executor, image_fn, todo)) as mapped,
+            closing(_map_batches(executor, items_fn, todo, workers)) as mapped,
         ):
             for number, batch, results, waited in mapped:
                 progress.advance("images", len(batch))
@@ -491,19 +492,21 @@ def _discovery_rejections(dataset: str, discovery: Discovery) -> list[dict[str, 
 
 def _map_batches(
     executor: Executor,
-    image_fn: Callable[[ImageItem], list[ImageResult]],
+    items_fn: Callable[[list[ImageItem]], list[list[ImageResult]]],
     todo: Sequence[tuple[int, list[ImageItem]]],
+    workers: int,
 ) -> Generator[tuple[int, list[ImageItem], list[list[ImageResult]], float], None, None]:
-    """Yield ``(number, batch, results, seconds waited)`` for each batch, in order.
+    """Yield ``(number, batch, results per item, seconds waited)`` for each batch, in order.
 
-    With an executor that has its own workers, a helper thread hands the next batch to
-    the executor before this one is yielded, so the workers and the main process work at
-    the same time. The in-process executor gains nothing from that and runs in turn.
+    Each batch goes to the executor in chunks (:func:`_chunks`). With an executor that has
+    its own workers, a helper thread hands the next batch to the executor before this one
+    is yielded, so the workers and the main process work at the same time. The in-process
+    executor gains nothing from that and runs in turn.
     """
     if isinstance(executor, InlineExecutor):
         for number, batch in todo:
             clock = time.perf_counter()
-            results = executor.map(image_fn, batch)
+            results = _run_chunks(executor, items_fn, batch, workers)
             yield number, batch, results, time.perf_counter() - clock
         return
 
@@ -511,7 +514,7 @@ def _map_batches(
     try:
         pending: tuple[int, list[ImageItem], Future[list[list[ImageResult]]]] | None = None
         for number, batch in todo:
-            future = feeder.submit(executor.map, image_fn, batch)
+            future = feeder.submit(_run_chunks, executor, items_fn, batch, workers)
             if pending is not None:
                 yield _collect(pending)
             pending = (number, batch, future)
@@ -519,6 +522,29 @@ def _map_batches(
             yield _collect(pending)
     finally:
         feeder.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_chunks(
+    executor: Executor,
+    items_fn: Callable[[list[ImageItem]], list[list[ImageResult]]],
+    batch: list[ImageItem],
+    workers: int,
+) -> list[list[ImageResult]]:
+    """Map ``items_fn`` over the chunks of one batch; return the results of each item.
+
+    Items of one chunk share the fixed costs of target selection (see
+    :class:`medground.extract.TargetSelection`), so the in-process executor takes the
+    batch whole; with workers, four chunks per worker keep them evenly loaded when
+    images differ in cost.
+    """
+    count = 1 if isinstance(executor, InlineExecutor) else 4 * max(1, workers)
+    return [r for chunk in executor.map(items_fn, _chunks(batch, count)) for r in chunk]
+
+
+def _chunks(batch: list[ImageItem], count: int) -> list[list[ImageItem]]:
+    """Split a batch into at most ``count`` chunks of equal size (the last may be short)."""
+    size = max(1, math.ceil(len(batch) / count))
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
 
 
 def _collect(
@@ -534,14 +560,14 @@ def run_batch(
     pipeline: Pipeline, batch: list[ImageItem], slice_dir: Path, executor: Executor | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """Run every stage for one batch of images (per-image stages on ``executor``)."""
-    image_fn = partial(
-        process_item,
+    items_fn = partial(
+        process_items,
         manifest=pipeline.loaded.manifest,
         root=pipeline.loaded.root,
         cues=pipeline.cues,
         slice_dir=slice_dir,
     )
-    per_item = (executor or InlineExecutor()).map(image_fn, batch)
+    per_item = _run_chunks(executor or InlineExecutor(), items_fn, batch, 1)
     return finish_batch(pipeline, [r for results in per_item for r in results])
 
 
@@ -562,7 +588,7 @@ def finish_batch(
         timings.update(res.timings)
 
     clock = time.perf_counter()
-    _attach_cues(results, pipeline.cues)
+    objects = _attach_cues(results, pipeline.cues)
     timings["cues"] += time.perf_counter() - clock
     progress.advance("cues", len(results))
 
@@ -620,7 +646,7 @@ def finish_batch(
     if rows:
         table = pl.DataFrame(rows, schema=table_schema(), orient="row")
         table = add_claims(table, pipeline.claims, pipeline.dataset_terms)
-        table = add_uniqueness(table, _object_frame(results))
+        table = add_uniqueness(table, objects)
         outcome = evaluate(pipeline.rules, table)
         samples = table.to_dicts()
         for index, record in enumerate(records):
@@ -691,47 +717,42 @@ def _judge_stage(
     return passed, verdicts
 
 
-_OBJECT_FRAME_COLUMNS = {
+# The object columns the cue stage and the claim checks read.
+_OBJECT_COLUMNS = {
     "image_key": pl.String,
     "class": pl.String,
     "object_id": pl.String,
-    "image_side": pl.String,
-    "patient_side": pl.String,
-    "vertical": pl.String,
-    "horizontal": pl.String,
-    "size": pl.String,
-    "shape": pl.String,
+    "area_frac": pl.Float64,
+    "cx_frac": pl.Float64,
+    "cy_frac": pl.Float64,
+    "eccentricity": pl.Float64,
+    "solidity": pl.Float64,
     **{f"is_{relation}": pl.Boolean for relation in RELATIONS},
 }
 
 
-def _object_frame(results: list[ImageResult]) -> pl.DataFrame:
-    """Return the cue columns and relation flags of every object in the batch."""
-    rows = [
-        {name: obj.get(name) for name in _OBJECT_FRAME_COLUMNS}
-        for res in results
-        for obj in res.objects
-    ]
-    return pl.DataFrame(rows, schema=_OBJECT_FRAME_COLUMNS, orient="row")
+def _attach_cues(results: list[ImageResult], cues: CueThresholds) -> pl.DataFrame:
+    """Add the cue words to every object row and each target; return the object table.
 
-
-def _attach_cues(results: list[ImageResult], cues: CueThresholds) -> None:
+    The table has one row per object of the batch with :data:`_OBJECT_COLUMNS`, the
+    image's ``orientation`` and the cue columns, for :func:`add_uniqueness`.
+    """
     rows = [o for res in results for o in res.objects]
-    if not rows:
-        return
     orientations = [res.orientation for res in results for _ in res.objects]
-    frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(
-        orientation=pl.Series(orientations, dtype=pl.String)
-    )
+    frame = pl.DataFrame(
+        {name: [row.get(name) for row in rows] for name in _OBJECT_COLUMNS},
+        schema=_OBJECT_COLUMNS,
+    ).with_columns(orientation=pl.Series(orientations, dtype=pl.String))
     with_cues = add_cues(frame, cues)
-    cue_columns = [c for c in with_cues.columns if c not in frame.columns]
-    values = with_cues.select(cue_columns).to_dicts()
-    for row, extra in zip(rows, values, strict=True):
-        row.update(extra)
+    added = [c for c in with_cues.columns if c not in frame.columns]
+    values = zip(*(with_cues.get_column(c).to_list() for c in added), strict=True)
+    for row, row_values in zip(rows, values, strict=True):
+        row.update(zip(added, row_values, strict=True))
     for res in results:
         objects = {o["object_id"]: o for o in res.objects}
         for target in res.targets:
             target["cues"] = target_cues(objects, target)
+    return with_cues
 
 
 def _first_ids(accepted: list[dict[str, Any]]) -> dict[str, str]:
