@@ -49,15 +49,19 @@ def test_shape_is_height_by_width() -> None:
     assert components.origin_xy == (40, 2)
 
 
-def test_keep_components_relabels() -> None:
+def test_keep_components_drops_small_ones_without_relabelling() -> None:
     mask = np.zeros((10, 10), bool)
     mask[0, 0] = True
     mask[5:8, 5:8] = True
     components = find_components(mask, 2)
     kept = keep_components(components, components.area >= 2)
     assert len(kept) == 1
-    assert int(kept.labels.max()) == 1
-    assert int((kept.labels == 1).sum()) == 9
+    assert kept.bbox_xyxy.tolist() == [[5, 5, 8, 8]]
+    (label_id,) = kept.label_ids.tolist()
+    assert int((kept.labels == label_id).sum()) == 9
+    foreground = kept.foreground()
+    assert not foreground[0, 0]
+    assert int(foreground.sum()) == 9
 
 
 def test_disk_descriptors() -> None:

@@ -296,12 +296,12 @@ def _find_objects(
         if len(kept) == 0:
             continue
         if class_mask.instances == "file":
-            merged = (kept.labels > 0).astype(np.int32)
+            merged = kept.foreground().astype(np.int32)
             file_object = measure_labels(merged, 1, origin_xy=kept.origin_xy)
             found.append(_object_row(result, class_mask, file_object, 0, [1]))
         else:
-            for index in range(len(kept)):
-                found.append(_object_row(result, class_mask, kept, index, [index + 1]))
+            for index, label_id in enumerate(kept.label_ids.tolist()):
+                found.append(_object_row(result, class_mask, kept, index, [label_id]))
 
     if not found:
         result.reject(

@@ -30,16 +30,18 @@ class Components:
     """Connected components of one binary mask, measured together.
 
     ``bbox_xyxy`` is ``(N, 4)`` int64; ``area`` ``(N,)`` int64; ``centroid_xy`` ``(N, 2)``
-    float64, all in image pixels. ``labels`` is an int32 label image (0 = background,
-    i = row i-1) covering the image from ``origin_xy`` on: it may be cropped to the mask's
-    foreground, so index it through :meth:`labels_in`.
+    float64, all in image pixels. ``labels`` is an int32 label image (0 = background)
+    covering the image from ``origin_xy`` on: it may be cropped to the mask's foreground,
+    so index it through :meth:`labels_in`. Component ``i`` has the value ``label_ids[i]``
+    in it; other values belong to components that were dropped (:func:`keep_components`).
     """
 
     labels: np.ndarray
     area: np.ndarray
     bbox_xyxy: np.ndarray
     centroid_xy: np.ndarray
-    origin_xy: tuple[int, int] = (0, 0)
+    origin_xy: tuple[int, int]
+    label_ids: np.ndarray
 
     def __len__(self) -> int:
         return int(self.area.shape[0])
@@ -49,6 +51,12 @@ class Components:
         x0, y0, x1, y1 = bbox_xyxy
         ox, oy = self.origin_xy
         return self.labels[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+
+    def foreground(self) -> np.ndarray:
+        """Return the kept components as a boolean image over the extent of ``labels``."""
+        if len(self) == int(self.labels.max(initial=0)):
+            return self.labels > 0
+        return np.isin(self.labels, self.label_ids)
 
 
 def find_components(mask: np.ndarray, connectivity: int) -> Components:
@@ -68,8 +76,7 @@ def find_components(mask: np.ndarray, connectivity: int) -> Components:
     left, right = int(col_hits[0]), int(col_hits[-1]) + 1
     crop = mask[top:bottom, left:right]
     labels, count = label_components(crop, connectivity=connectivity, return_num=True)
-    labels = labels.astype(np.int32, copy=False)
-    return measure_labels(labels, count, origin_xy=(left, top))
+    return measure_labels(labels.astype(np.int32, copy=False), count, origin_xy=(left, top))
 
 
 def measure_labels(
@@ -78,11 +85,13 @@ def measure_labels(
     """Measure area, tight box and centroid of labels ``1..count`` in one pass each.
 
     ``origin_xy`` is the image position of ``labels[0, 0]``; results are in image pixels.
+    Every label ``1..count`` must occur in ``labels``.
     """
+    ids = np.arange(1, count + 1, dtype=np.int64)
     if count == 0:
         return Components(
             labels, np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros((0, 2)),
-            origin_xy,
+            origin_xy, ids,
         )
     ox, oy = origin_xy
     if count == 1:
@@ -91,7 +100,8 @@ def measure_labels(
     bins = count + 1
     if (height + width) * bins <= _MAX_HISTOGRAM_CELLS:
         # Label histograms per row and per column, each from one bincount over a combined
-        # key; areas and coordinate sums then come from small matrix products.
+        # key. Areas and coordinate sums come from small matrix products, and each box
+        # edge is the first or last row or column where a label's count is non-zero.
         row_keys = (np.arange(height, dtype=np.int64)[:, None] * bins + labels).ravel()
         per_row = np.bincount(row_keys, minlength=height * bins).reshape(height, bins)[:, 1:]
         col_keys = (np.arange(width, dtype=np.int64)[None, :] * bins + labels).ravel()
@@ -99,28 +109,32 @@ def measure_labels(
         area = per_row.sum(axis=0)
         sum_x = np.arange(width) @ per_col
         sum_y = np.arange(height) @ per_row
+        in_row, in_col = per_row > 0, per_col > 0
+        boxes = np.stack(
+            [
+                in_col.argmax(axis=0),
+                in_row.argmax(axis=0),
+                width - in_col[::-1].argmax(axis=0),
+                height - in_row[::-1].argmax(axis=0),
+            ],
+            axis=1,
+        ).astype(np.int64) + np.array([ox, oy, ox, oy])
     else:
         # Thousands of components: index arrays of the foreground cost less memory.
         flat = labels.ravel()
         foreground = np.flatnonzero(flat)
-        ids = flat[foreground]
+        values = flat[foreground]
         rows, cols = np.divmod(foreground, width)
-        area = np.bincount(ids, minlength=bins)[1:]
-        sum_x = np.bincount(ids, weights=cols, minlength=bins)[1:]
-        sum_y = np.bincount(ids, weights=rows, minlength=bins)[1:]
+        area = np.bincount(values, minlength=bins)[1:]
+        sum_x = np.bincount(values, weights=cols, minlength=bins)[1:]
+        sum_y = np.bincount(values, weights=rows, minlength=bins)[1:]
+        slices = ndimage.find_objects(labels, max_label=count)
+        boxes = np.array(
+            [[c.start + ox, r.start + oy, c.stop + ox, r.stop + oy] for r, c in slices],
+            np.int64,
+        )
     centroid = np.stack([sum_x / area + 0.5 + ox, sum_y / area + 0.5 + oy], axis=1)
-
-    boxes = np.zeros((count, 4), np.int64)
-    for index, slices in enumerate(ndimage.find_objects(labels, max_label=count)):
-        if slices is not None:
-            row_slice, col_slice = slices
-            boxes[index] = (
-                col_slice.start + ox,
-                row_slice.start + oy,
-                col_slice.stop + ox,
-                row_slice.stop + oy,
-            )
-    return Components(labels, area.astype(np.int64), boxes, centroid, origin_xy)
+    return Components(labels, area.astype(np.int64), boxes, centroid, origin_xy, ids)
 
 
 def _measure_single(labels: np.ndarray, origin_xy: tuple[int, int]) -> Components:
@@ -141,22 +155,22 @@ def _measure_single(labels: np.ndarray, origin_xy: tuple[int, int]) -> Component
         np.array([box], np.int64),
         np.array([[cx, cy]]),
         origin_xy,
+        np.array([1], np.int64),
     )
 
 
 def keep_components(components: Components, keep: np.ndarray) -> Components:
-    """Return the components where ``keep`` is true, relabelled ``1..k`` in order."""
+    """Return the components where ``keep`` is true; the label image is shared, not copied."""
     keep = np.asarray(keep, bool)
     if keep.all():
         return components
-    lookup = np.zeros(len(components) + 1, np.int32)
-    lookup[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return Components(
-        lookup[components.labels],
+        components.labels,
         components.area[keep],
         components.bbox_xyxy[keep],
         components.centroid_xy[keep],
         components.origin_xy,
+        components.label_ids[keep],
     )
 
 
