@@ -16,6 +16,14 @@ def test_sobel_at_matches_skimage(shape: tuple[int, int]) -> None:
     assert np.allclose(sobel_at(image, rows, cols), sobel(image)[rows, cols], atol=1e-6)
 
 
+def test_sobel_at_interior_pixels_match_skimage() -> None:
+    # Pixels whose neighbours are all inside the image take the path without padding.
+    image = np.random.default_rng(2).random((20, 25)).astype(np.float32)
+    rows, cols = np.nonzero(np.ones((18, 23), bool))
+    rows, cols = rows + 1, cols + 1
+    assert np.allclose(sobel_at(image, rows, cols), sobel(image)[rows, cols], atol=1e-6)
+
+
 @pytest.mark.parametrize("steps", [1, 5], ids=["one-step", "ring-width"])
 def test_dilate_matches_scipy(steps: int) -> None:
     from scipy import ndimage

@@ -165,3 +165,31 @@ def test_measure_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     assert np.array_equal(histogram.area, index_arrays.area)
     assert np.allclose(histogram.centroid_xy, index_arrays.centroid_xy)
     assert np.array_equal(histogram.bbox_xyxy, index_arrays.bbox_xyxy)
+
+
+def test_solidity_matches_the_hull_of_every_pixel_corner() -> None:
+    from scipy.spatial import ConvexHull
+
+    from medground.geometry import _solidity
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        mask = np.zeros((60, 70), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            rows, cols = ellipse(
+                int(rng.integers(10, 50)), int(rng.integers(10, 60)),
+                int(rng.integers(2, 15)), int(rng.integers(2, 15)),
+                shape=mask.shape, rotation=float(rng.random() * 3),
+            )
+            mask[rows, cols] = True
+        if trial % 3 == 0:
+            mask &= rng.random(mask.shape) > 0.1
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        ys, xs = np.nonzero(crop)
+        corners = np.concatenate(
+            [np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]
+        )
+        area = float(crop.sum())
+        expected = min(1.0, area / ConvexHull(corners).volume)
+        assert _solidity(crop, area) == pytest.approx(expected, abs=1e-12)

@@ -101,3 +101,20 @@ def test_pixel_box_is_half_open(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "out" / "formats" / "records.jsonl").read_text())
     assert result.exit_code == 0, result.output
     assert record["targets"][0]["bbox_xyxy"] == [3, 5, 11, 13]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_channel_spread_is_the_largest_pairwise_channel_difference(dtype: type) -> None:
+    from medground.io.raster import channel_spread
+
+    rng = np.random.default_rng(7)
+    top = 250 if dtype == np.uint8 else 60_000
+    array = rng.integers(0, top, size=(31, 17, 3)).astype(dtype)
+    wide = array.astype(np.int64)
+    expected = max(
+        int(np.abs(wide[..., a] - wide[..., b]).max()) for a, b in ((0, 1), (1, 2), (0, 2))
+    )
+    assert channel_spread(array) == expected
+    grey = np.repeat(array[..., :1], 3, axis=2)
+    assert channel_spread(grey) == 0
+    assert channel_spread(array[..., 0]) == 0

@@ -416,7 +416,8 @@ def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, f
     """Add shape descriptors and image evidence to an object that a query will describe."""
     row = obj.row
     labels = obj.components.labels_in((row["x0"], row["y0"], row["x1"], row["y1"]))
-    crop = np.isin(labels, obj.component_ids)
+    ids = obj.component_ids
+    crop = labels == ids[0] if len(ids) == 1 else np.isin(labels, ids)
     shape = shape_descriptors(crop)
     row["eccentricity"] = shape.eccentricity
     row["orientation_deg"] = shape.orientation_deg

@@ -263,18 +263,25 @@ def _solidity(object_mask: np.ndarray, area: float) -> float:
     """Pixel area over the area of the convex hull of the pixel squares' corners.
 
     Every pixel lies between the first and last pixel of its row, so the corners of
-    those two pixels per row span the same hull as all pixels.
+    those two pixels per row span the same hull as all pixels. Of those, only the
+    corners that extend their side past every row above or every row below can be
+    hull vertices (:func:`_outward`); the others are left out before Qhull runs.
     """
     line_rows = np.flatnonzero(object_mask.any(axis=1))
-    lines = object_mask[line_rows]
+    lines = object_mask[line_rows] if line_rows.size < object_mask.shape[0] else object_mask
+    width = object_mask.shape[1]
     left = lines.argmax(axis=1)
-    right = object_mask.shape[1] - lines[:, ::-1].argmax(axis=1)
+    right = width - lines[:, ::-1].argmax(axis=1)
+    keep_left = _outward(left)
+    keep_right = _outward(-right)
+    rows_left, rows_right = line_rows[keep_left], line_rows[keep_right]
+    left, right = left[keep_left], right[keep_right]
     corners = np.concatenate(
         [
-            np.stack([left, line_rows], 1),
-            np.stack([left, line_rows + 1], 1),
-            np.stack([right, line_rows], 1),
-            np.stack([right, line_rows + 1], 1),
+            np.stack([left, rows_left], 1),
+            np.stack([left, rows_left + 1], 1),
+            np.stack([right, rows_right], 1),
+            np.stack([right, rows_right + 1], 1),
         ]
     )
     try:
@@ -282,3 +289,16 @@ def _solidity(object_mask: np.ndarray, area: float) -> float:
     except QhullError:
         return 1.0
     return float(min(1.0, area / hull_area)) if hull_area > 0 else 1.0
+
+
+def _outward(edge: np.ndarray) -> np.ndarray:
+    """Mark the rows whose ``edge`` value is below that of every row above or below it.
+
+    A row's edge point that some row above and some row below reach or pass lies inside
+    the segment between those two points, so it cannot be a vertex of the hull.
+    """
+    big = np.iinfo(np.int64).max
+    edge = edge.astype(np.int64)
+    above = np.concatenate([[big], np.minimum.accumulate(edge)[:-1]])
+    below = np.concatenate([np.minimum.accumulate(edge[::-1])[::-1][1:], [big]])
+    return (edge < above) | (edge < below)

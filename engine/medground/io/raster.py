@@ -107,11 +107,18 @@ def to_grey(array: np.ndarray) -> np.ndarray:
 
 
 def channel_spread(array: np.ndarray) -> int:
-    """Return the largest difference between colour channels of any pixel (0 for grey)."""
+    """Return the largest difference between colour channels of any pixel (0 for grey).
+
+    That is the largest per-pixel maximum minus minimum of the three channels, which
+    stays within the array's own unsigned type.
+    """
     if array.ndim == 2:
         return 0
     red, green, blue = array[:, :, 0], array[:, :, 1], array[:, :, 2]
-    return max(
-        int(np.abs(np.subtract(a, b, dtype=np.int64 if a.dtype.itemsize > 1 else np.int16)).max())
-        for a, b in ((red, green), (green, blue), (red, blue))
-    )
+    high = np.maximum(red, green)
+    np.maximum(high, blue, out=high)
+    low = np.minimum(red, green)
+    np.minimum(low, blue, out=low)
+    if array.dtype.kind == "u":
+        return int(np.subtract(high, low, out=high).max())
+    return int(np.subtract(high, low, dtype=np.int64).max())
