@@ -298,10 +298,9 @@ def _find_objects(
         if class_mask.instances == "file":
             merged = kept.foreground().astype(np.int32)
             file_object = measure_labels(merged, 1, origin_xy=kept.origin_xy)
-            found.append(_object_row(result, class_mask, file_object, 0, [1]))
+            found.extend(_object_rows(result, class_mask, file_object))
         else:
-            for index, label_id in enumerate(kept.label_ids.tolist()):
-                found.append(_object_row(result, class_mask, kept, index, [label_id]))
+            found.extend(_object_rows(result, class_mask, kept))
 
     if not found:
         result.reject(
@@ -316,39 +315,46 @@ def _find_objects(
     return found
 
 
-def _object_row(
-    result: ImageResult, class_mask: ClassMask, comps: Components, index: int, ids: list[int]
-) -> _Object:
-    x0, y0, x1, y1 = (int(v) for v in comps.bbox_xyxy[index])
-    area = int(comps.area[index])
-    cx, cy = (float(v) for v in comps.centroid_xy[index])
+def _object_rows(result: ImageResult, class_mask: ClassMask, comps: Components) -> list[_Object]:
+    """Return one object row per component (Python values, read from the arrays at once)."""
     width, height = result.width, result.height
-    row: dict[str, Any] = {
-        "image_key": result.image_key,
-        "class": class_mask.class_name,
-        "source_files": list(class_mask.files),
-        "x0": x0,
-        "y0": y0,
-        "x1": x1,
-        "y1": y1,
-        "box_w": x1 - x0,
-        "box_h": y1 - y0,
-        "aspect": (x1 - x0) / (y1 - y0),
-        "area": area,
-        "area_frac": area / (width * height),
-        "cx": cx,
-        "cy": cy,
-        "cx_frac": cx / width,
-        "cy_frac": cy / height,
-        "touches_border": x0 == 0 or y0 == 0 or x1 == width or y1 == height,
-        "eccentricity": None,
-        "orientation_deg": None,
-        "solidity": None,
-        "circularity": None,
-        "evidence_cnr": None,
-        "evidence_edge": None,
-    }
-    return _Object(row, comps, ids)
+    pixels = width * height
+    files = list(class_mask.files)
+    objects = []
+    for (x0, y0, x1, y1), area, (cx, cy), label_id in zip(
+        comps.bbox_xyxy.tolist(),
+        comps.area.tolist(),
+        comps.centroid_xy.tolist(),
+        comps.label_ids.tolist(),
+        strict=True,
+    ):
+        row: dict[str, Any] = {
+            "image_key": result.image_key,
+            "class": class_mask.class_name,
+            "source_files": files,
+            "x0": x0,
+            "y0": y0,
+            "x1": x1,
+            "y1": y1,
+            "box_w": x1 - x0,
+            "box_h": y1 - y0,
+            "aspect": (x1 - x0) / (y1 - y0),
+            "area": area,
+            "area_frac": area / pixels,
+            "cx": cx,
+            "cy": cy,
+            "cx_frac": cx / width,
+            "cy_frac": cy / height,
+            "touches_border": x0 == 0 or y0 == 0 or x1 == width or y1 == height,
+            "eccentricity": None,
+            "orientation_deg": None,
+            "solidity": None,
+            "circularity": None,
+            "evidence_cnr": None,
+            "evidence_edge": None,
+        }
+        objects.append(_Object(row, comps, [label_id]))
+    return objects
 
 
 def _number_and_rank(found: list[_Object], width: int, height: int) -> None:
