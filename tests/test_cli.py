@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import numpy as np
 import polars as pl
 import pytest
@@ -12,21 +16,45 @@ import pytest
 from medground.cli import main
 from support import invoke, square_labels, tiny_dataset, write_image
 
-SUBCOMMANDS = sorted(main.commands)
+_CONTEXT = click.Context(main)
+SUBCOMMANDS = main.list_commands(_CONTEXT)
 
 
 def test_main_help_lists_commands() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
+    assert {"audit", "demo", "eval", "export", "preview", "rules", "run", "validate"} <= set(
+        SUBCOMMANDS
+    )
     for name in SUBCOMMANDS:
         assert name in result.output
+
+
+def test_run_starts_without_importing_the_other_tools() -> None:
+    # A fresh interpreter: the test process has imported everything already.
+    code = (
+        "import sys; from medground.cli import main; "
+        "main.get_command(None, 'run'); "
+        "print(','.join(sorted(m for m in sys.modules if m.startswith(('medground.', 'scipy.optimize')))))"
+    )
+    engine = str(Path(__file__).resolve().parents[1] / "engine")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": engine},
+    )
+    loaded = set(result.stdout.strip().split(","))
+    assert "medground.cli" in loaded
+    assert not loaded & {"medground.evaluate", "medground.audit.cli", "medground.export.cli",
+                         "medground.verify.cli", "scipy.optimize"}
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_subcommand_help_describes_options(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0
-    for option in main.commands[command].params:
+    subcommand = main.get_command(_CONTEXT, command)
+    assert subcommand is not None
+    for option in subcommand.params:
         if option.param_type_name != "option" or option.name == "help":
             continue
         assert option.help, f"mgr {command} {option.opts[0]} has no help text"

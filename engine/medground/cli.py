@@ -34,7 +34,34 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group whose listed subcommands are imported only when one of them is asked for.
+
+    ``mgr run`` then starts without importing the evaluation, export, audit and rule
+    tools (SciPy's optimiser among them), which took about half a second.
+    """
+
+    # name: (module, attribute)
+    lazy: dict[str, tuple[str, str]] = {
+        "audit": ("medground.audit.cli", "audit_group"),
+        "eval": ("medground.evaluate", "eval_command"),
+        "export": ("medground.export.cli", "export_command"),
+        "rules": ("medground.verify.cli", "rules_group"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            module, attribute = self.lazy[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mgr")
 @click.option("-v", "--verbose", count=True, help="Log debug messages too.")
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
@@ -289,20 +316,6 @@ def demo(directory: Path, count: int, seed: int) -> None:
     manifest = write_demo(directory, count=count, seed=seed)
     click.echo(f"wrote {count} images and {manifest}; next: mgr run {manifest}")
 
-
-def _register_subcommands() -> None:
-    from medground.audit.cli import audit_group
-    from medground.evaluate import eval_command
-    from medground.export.cli import export_command
-    from medground.verify.cli import rules_group
-
-    main.add_command(audit_group)
-    main.add_command(export_command)
-    main.add_command(eval_command)
-    main.add_command(rules_group)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":
     main()
