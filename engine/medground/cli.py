@@ -102,7 +102,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=64,
+    default=256,
     show_default=True,
     help="Images per batch; memory grows with it, and a killed run resumes "
     "after the last finished batch.",

@@ -96,7 +96,7 @@ class RunOptions:
     root: Path | None = None
     limit: int | None = None
     seed: int | None = None
-    batch_size: int = 64
+    batch_size: int = 256
     previews: bool = True
     preview_count: int = 24
     workers: int | None = None
