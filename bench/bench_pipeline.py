@@ -10,11 +10,17 @@ from start to exit (so interpreter and worker start-up are included), while a sa
 reads the resident set size (RSS) of the whole process tree every 50 ms with psutil.
 Decoding alone reads every image and mask file of the same items with Pillow into NumPy
 arrays in one process, which is the floor that no pipeline can beat with one worker.
+
+The shared samples hold 5 to 32 images, so start-up dominates their whole runs.
+``--steady N`` therefore also cycles each sample to N images (the copies read the same
+files under their own case ids) and times the real pipeline in this process, with one
+worker and with the default worker count, against decoding the same N items.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -33,9 +39,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "engine"))
 
+from medground import runner  # noqa: E402
 from medground.config.loader import load_manifest  # noqa: E402
 from medground.demo import write_demo  # noqa: E402
-from medground.io.pairing import discover  # noqa: E402
+from medground.executors import default_workers  # noqa: E402
+from medground.io.pairing import Discovery, ImageItem, discover  # noqa: E402
+from medground.runner import RunOptions  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +74,78 @@ def machine() -> dict[str, Any]:
     }
 
 
-def decode_only(manifest_path: Path, root: Path | None) -> dict[str, Any]:
-    """Decode every paired image and mask file once; return images, files and seconds."""
+def decode_only(
+    manifest_path: Path, root: Path | None, repeat_to: int | None = None
+) -> dict[str, Any]:
+    """Decode every paired image and mask file once; return images, files and seconds.
+
+    With ``repeat_to``, the items are those of :func:`repeated` (the sample cycled to
+    that many images), and the best of two passes is kept.
+    """
     loaded = load_manifest(manifest_path, root)
     items = discover(loaded.manifest, loaded.root).items
-    files = 0
-    started = time.perf_counter()
-    for item in items:
-        for relative in [item.image, *item.all_masks]:
-            with Image.open(loaded.root / relative) as image:
-                np.asarray(image)
-            files += 1
-    seconds = time.perf_counter() - started
-    return {"images": len(items), "files": files, "seconds": seconds}
+    if repeat_to:
+        items = repeated(items, repeat_to)
+    best = float("inf")
+    for _ in range(2 if repeat_to else 1):
+        files = 0
+        started = time.perf_counter()
+        for item in items:
+            for relative in [item.image, *item.all_masks]:
+                with Image.open(loaded.root / relative) as image:
+                    np.asarray(image)
+                files += 1
+        best = min(best, time.perf_counter() - started)
+    return {"images": len(items), "files": files, "seconds": best}
+
+
+def repeated(items: list[ImageItem], count: int) -> list[ImageItem]:
+    """Cycle ``items`` to ``count`` images, each copy under its own case id.
+
+    The copies read the same files, so a small sample stands in for a dataset of
+    ``count`` images; distinct case ids keep their records apart.
+    """
+    return [
+        dataclasses.replace(
+            items[k % len(items)],
+            index=k,
+            case_id=f"{items[k % len(items)].case_id}-copy{k // len(items)}",
+        )
+        for k in range(count)
+    ]
+
+
+def steady_run(
+    manifest_path: Path, root: Path, out: Path, images: int, workers: int | None
+) -> dict[str, Any]:
+    """Run the whole pipeline in this process on the sample cycled to ``images`` images.
+
+    ``medground.runner.discover`` is wrapped for the run so that it returns the cycled
+    items; everything else is the real ``mgr run`` (store, outputs, report), without
+    previews. Interpreter start-up and imports are not included; worker start-up is.
+    """
+    original = runner.discover
+
+    def cycled(manifest: Any, dataset_root: Path) -> Discovery:
+        found = original(manifest, dataset_root)
+        return dataclasses.replace(found, items=repeated(found.items, images))
+
+    options = RunOptions(
+        out_dir=out, root=root, workers=workers, previews=False, progress=False
+    )
+    runner.discover = cycled
+    try:
+        started = time.perf_counter()
+        summary = runner.run(manifest_path, options)
+        seconds = time.perf_counter() - started
+    finally:
+        runner.discover = original
+    stats = json.loads((summary.out / "stats.json").read_text())
+    stages: dict[str, float] = {}
+    for batch in stats:
+        for stage, value in batch["timings"].items():
+            stages[stage] = stages.get(stage, 0.0) + value
+    return {"images": images, "seconds": seconds, "stages": stages}
 
 
 class TreeMemorySampler:
@@ -206,7 +274,57 @@ def render_markdown(results: dict[str, Any]) -> str:
                 )
             ]
             stage_lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", "Stage times in ms per image:", "", *stage_lines])
+    text = [*lines, "", "Stage times in ms per image:", "", *stage_lines]
+    if results.get("steady"):
+        text += ["", *render_steady(results["steady"])]
+    return "\n".join(text)
+
+
+_STAGES = ("load", "objects", "targets", "cues", "synthesis", "format", "rules")
+
+
+def render_steady(steady: dict[str, Any]) -> list[str]:
+    """Render the steady-state runs: each shared sample cycled to the same image count."""
+    lines = [
+        "| dataset | images | decode-only img/s | config | run s | img/s | "
+        "share of decode-only |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    stage_lines = [
+        "| dataset | " + " | ".join(_STAGES) + " | run total |",
+        "|---|" + "---|" * (len(_STAGES) + 1),
+    ]
+    totals: dict[str, list[float]] = {}
+    for name, entry in steady.items():
+        decode = entry["decode"]
+        decode_rate = decode["images"] / decode["seconds"]
+        for label, run in entry["runs"].items():
+            rate = run["images"] / run["seconds"]
+            lines.append(
+                f"| {name} | {run['images']} | {decode_rate:,.0f} | {label} | "
+                f"{run['seconds']:.2f} | {rate:,.1f} | {100 * rate / decode_rate:.0f} % |"
+            )
+            summed = totals.setdefault(label, [0.0, 0.0])
+            summed[0] += decode["seconds"]
+            summed[1] += run["seconds"]
+            if label == "w1":
+                per_image = {k: 1000 * v / run["images"] for k, v in run["stages"].items()}
+                cells = [f"{per_image.get(stage, 0.0):.2f}" for stage in _STAGES]
+                total = 1000 * run["seconds"] / run["images"]
+                stage_lines.append(f"| {name} | " + " | ".join(cells) + f" | {total:.2f} |")
+    for label, (decode_seconds, run_seconds) in totals.items():
+        lines.append(
+            f"| all five | – | – | {label} | {run_seconds:.2f} | – | "
+            f"{100 * decode_seconds / run_seconds:.0f} % |"
+        )
+    return [
+        *lines,
+        "",
+        "Stage times of the w1 runs in ms per image (run total: wall time of the run "
+        "divided by its images):",
+        "",
+        *stage_lines,
+    ]
 
 
 def main() -> None:
@@ -223,6 +341,12 @@ def main() -> None:
     parser.add_argument("--memory-counts", type=int, nargs="*", default=[1000, 10_000])
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--dask", action="store_true", help="also run the Dask executor")
+    parser.add_argument(
+        "--steady",
+        type=int,
+        default=512,
+        help="also run each shared sample cycled to this many images in-process (0: skip)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument(
         "--render", type=Path, help="print stored results (from --json) as Markdown and exit"
@@ -250,7 +374,21 @@ def main() -> None:
         results["datasets"][name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)
 
-    counts = sorted({args.synthetic, *args.memory_counts})
+    if args.steady:
+        results["steady"] = {}
+        for name in SHARED_2D:
+            root = args.shared / name
+            if not root.is_dir():
+                continue
+            manifest = REPO / "datasets" / f"{name}.yaml"
+            entry = {"decode": decode_only(manifest, root, args.steady), "runs": {}}
+            for label, workers in (("w1", 1), (f"w{default_workers()}", None)):
+                out = args.work / "out" / f"steady-{name}-{label}"
+                entry["runs"][label] = steady_run(manifest, root, out, args.steady, workers)
+            results["steady"][name] = entry
+            print(json.dumps({f"steady {name}": entry}, indent=1), flush=True)
+
+    counts = sorted(c for c in {args.synthetic, *args.memory_counts} if c > 0)
     for count in counts:
         data = args.work / f"synthetic-{count}"
         manifest = data / "demo.yaml"

@@ -105,7 +105,7 @@ def test_pixel_box_is_half_open(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
 def test_channel_spread_is_the_largest_pairwise_channel_difference(dtype: type) -> None:
-    from medground.io.raster import channel_spread
+    from medground.io.raster import channel_spread, colour_planes
 
     rng = np.random.default_rng(7)
     top = 250 if dtype == np.uint8 else 60_000
@@ -115,6 +115,31 @@ def test_channel_spread_is_the_largest_pairwise_channel_difference(dtype: type) 
         int(np.abs(wide[..., a] - wide[..., b]).max()) for a, b in ((0, 1), (1, 2), (0, 2))
     )
     assert channel_spread(array) == expected
+    assert channel_spread(colour_planes(array), axis=0) == expected
     grey = np.repeat(array[..., :1], 3, axis=2)
     assert channel_spread(grey) == 0
     assert channel_spread(array[..., 0]) == 0
+
+
+def test_channel_sum_on_planes_equals_the_sum_per_pixel() -> None:
+    from medground.io.raster import channel_sum, colour_planes
+
+    array = np.random.default_rng(8).integers(0, 256, size=(9, 13, 4)).astype(np.uint8)
+    expected = array[..., :3].astype(np.int64).sum(axis=2)
+    assert np.array_equal(channel_sum(array), expected)
+    assert np.array_equal(channel_sum(colour_planes(array), axis=0), expected)
+
+
+def test_grey_image_reads_the_channel_mean_window_by_window() -> None:
+    from medground.io.raster import GreyImage
+
+    rgb = np.random.default_rng(9).integers(0, 256, size=(20, 30, 3)).astype(np.uint8)
+    full = (rgb.astype(np.float32).sum(axis=2) * np.float32(1 / 3)).astype(np.float32)
+    grey = GreyImage(rgb)
+    assert grey.shape == (20, 30)
+    assert np.array_equal(grey[3:9, 4:17], full[3:9, 4:17])
+    assert grey.value_range() == (float(full.min()), float(full.max()))
+
+    single = rgb[:, :, 0]
+    assert np.array_equal(GreyImage(single)[2:5, 1:4], single[2:5, 1:4])
+    assert GreyImage(single).value_range() == (float(single.min()), float(single.max()))

@@ -30,9 +30,9 @@ from medground.geometry import (
 )
 from medground.io.masks import ClassMask, MaskError, decode_masks
 from medground.io.pairing import ImageItem
-from medground.io.raster import RasterError, read_raster, to_grey
+from medground.io.raster import GreyImage, RasterError, read_raster
 from medground.targets import RELATIONS, mark_relations, select_targets
-from medground.verify.evidence import intensity_range, measure_evidence
+from medground.verify.evidence import measure_evidence
 
 
 @dataclass
@@ -179,8 +179,8 @@ class TargetSelection:
         described = {
             oid for t in result.targets if t["task"] != "multi" for oid in t["object_ids"]
         }
-        grey = to_grey(pixels) if described else None
-        value_range = intensity_range(grey) if grey is not None else (0.0, 0.0)
+        grey = GreyImage(pixels) if described else None
+        value_range = grey.value_range() if grey is not None else (0.0, 0.0)
         for obj in objects:
             if obj.row["object_id"] in described:
                 _describe(obj, grey, value_range)
@@ -418,7 +418,7 @@ def _mark_singleable(
         row["singleable"] = bool(flag) or row["class_count"] == 1
 
 
-def _describe(obj: _Object, grey: np.ndarray | None, value_range: tuple[float, float]) -> None:
+def _describe(obj: _Object, grey: GreyImage | None, value_range: tuple[float, float]) -> None:
     """Add shape descriptors and image evidence to an object that a query will describe."""
     row = obj.row
     labels = obj.components.labels_in((row["x0"], row["y0"], row["x1"], row["y1"]))

@@ -18,7 +18,14 @@ from medground.config.manifest import (
     PerClassFileMasks,
 )
 from medground.geometry import fill_holes
-from medground.io.raster import Raster, RasterError, channel_spread, channel_sum, read_raster
+from medground.io.raster import (
+    Raster,
+    RasterError,
+    channel_spread,
+    channel_sum,
+    colour_planes,
+    read_raster,
+)
 
 # A "grey" RGB mask may differ between channels by JPEG noise; more than this is colour.
 GREY_CHANNEL_TOLERANCE = 48
@@ -165,16 +172,18 @@ def _binary(raster: Raster, threshold: int, relative: str) -> np.ndarray:
     array = raster.array
     if array.dtype == bool:
         return array if array.ndim == 2 else array.any(axis=2)
-    spread = channel_spread(array)
+    if array.ndim == 2:
+        return array > threshold
+    # Two passes over the channels (spread, then sum) read planes faster than pixels.
+    planes = colour_planes(array)
+    spread = channel_spread(planes, axis=0)
     if spread > GREY_CHANNEL_TOLERANCE:
         raise MaskError(
             "colour_binary_mask",
             f"{relative}: a binary mask with colour (channels differ by up to {spread}); "
             "declare encoding 'palette' for colour-coded classes",
         )
-    if array.ndim == 3:
-        return channel_sum(array) > 3 * threshold
-    return array > threshold
+    return channel_sum(planes, axis=0) > 3 * threshold
 
 
 def _label_map(

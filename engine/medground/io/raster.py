@@ -10,6 +10,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -87,34 +88,75 @@ def read_raster(
     return Raster(path=path, array=array, mode=mode, sha256=digest)
 
 
-def channel_sum(array: np.ndarray) -> np.ndarray:
+def colour_planes(array: np.ndarray) -> np.ndarray:
+    """Return the colour channels of an ``(H, W, C)`` array as contiguous ``(3, H, W)`` planes.
+
+    One copy; then each pass over a channel reads contiguous memory, which is several
+    times faster than the strided channels of the interleaved array when an array is
+    passed over more than once.
+    """
+    return np.ascontiguousarray(np.moveaxis(array[:, :, :3], 2, 0))
+
+
+def _channels(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    channels = np.moveaxis(array, axis, 0)
+    return channels[0], channels[1], channels[2]
+
+
+def channel_sum(array: np.ndarray, axis: int = -1) -> np.ndarray:
     """Return the ``(H, W)`` sum of the three colour channels in an integer type wide enough.
 
+    ``axis`` is the channel axis: -1 for ``(H, W, C)``, 0 for :func:`colour_planes`.
     Comparing this sum with ``3 * t`` decides ``mean > t`` exactly, without floats.
     """
+    red, green, blue = _channels(array, axis)
     wide = np.uint16 if array.dtype in (np.uint8, np.bool_) else np.int64
-    total = array[:, :, 0].astype(wide)
-    total += array[:, :, 1]
-    total += array[:, :, 2]
+    total = red.astype(wide)
+    total += green
+    total += blue
     return total
 
 
-def to_grey(array: np.ndarray) -> np.ndarray:
-    """Return an ``(H, W)`` image: the mean of RGB channels (float32), or the array itself."""
-    if array.ndim == 2:
-        return array
-    return np.multiply(channel_sum(array), np.float32(1 / 3), dtype=np.float32)
+class GreyImage:
+    """The grey values of an image, converted only where they are read.
+
+    A grey ``(H, W)`` image is its own grey values. For a colour ``(H, W, C)`` image they
+    are the mean of the RGB channels as float32 (the channel sum times ``float32(1/3)``);
+    the channel sums are kept and only the windows read are scaled, so describing a few
+    objects of a large image does not convert all of it. :meth:`value_range` gives the
+    minimum and maximum over the whole image.
+    """
+
+    def __init__(self, array: np.ndarray):
+        self.shape: tuple[int, int] = (int(array.shape[0]), int(array.shape[1]))
+        self._colour = array.ndim == 3
+        self._values = channel_sum(array) if self._colour else array
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        values = self._values[key]
+        return self._scale(values) if self._colour else values
+
+    def value_range(self) -> tuple[float, float]:
+        """Return the minimum and maximum grey value of the whole image."""
+        extremes = np.array([self._values.min(), self._values.max()])
+        # Scaling by a positive factor keeps the order, even after float32 rounding.
+        low, high = self._scale(extremes) if self._colour else extremes
+        return float(low), float(high)
+
+    @staticmethod
+    def _scale(sums: np.ndarray) -> np.ndarray:
+        return np.multiply(sums, np.float32(1 / 3), dtype=np.float32)
 
 
-def channel_spread(array: np.ndarray) -> int:
+def channel_spread(array: np.ndarray, axis: int = -1) -> int:
     """Return the largest difference between colour channels of any pixel (0 for grey).
 
     That is the largest per-pixel maximum minus minimum of the three channels, which
-    stays within the array's own unsigned type.
+    stays within the array's own unsigned type. ``axis`` is as in :func:`channel_sum`.
     """
     if array.ndim == 2:
         return 0
-    red, green, blue = array[:, :, 0], array[:, :, 1], array[:, :, 2]
+    red, green, blue = _channels(array, axis)
     high = np.maximum(red, green)
     np.maximum(high, blue, out=high)
     low = np.minimum(red, green)

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 import polars as pl
 
+from medground.io.raster import GreyImage
 from medground.verify.columns import Column, register_columns
 
 logger = logging.getLogger(__name__)
@@ -45,13 +46,8 @@ EVIDENCE_COLUMNS: dict[str, Column] = {
 register_columns(EVIDENCE_COLUMNS)
 
 
-def intensity_range(grey: np.ndarray) -> tuple[float, float]:
-    """Return the minimum and maximum of an ``(H, W)`` grey image."""
-    return float(grey.min()), float(grey.max())
-
-
 def measure_evidence(
-    grey: np.ndarray,
+    grey: np.ndarray | GreyImage,
     mask_crop: np.ndarray,
     bbox_xyxy: tuple[int, int, int, int],
     value_range: tuple[float, float],
@@ -59,7 +55,7 @@ def measure_evidence(
     """Return ``(cnr, edge)`` of one object.
 
     Args:
-        grey: the ``(H, W)`` grey image.
+        grey: the ``(H, W)`` grey image, or a :class:`GreyImage` that converts on reading.
         mask_crop: the object's ``(y1 - y0, x1 - x0)`` boolean mask inside its box.
         bbox_xyxy: the object's half-open box in image pixels.
         value_range: the image's minimum and maximum intensity.
