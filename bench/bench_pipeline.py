@@ -99,6 +99,34 @@ def decode_only(
     return {"images": len(items), "files": files, "seconds": best}
 
 
+def plain_regionprops(manifest_path: Path, root: Path, count: int) -> dict[str, Any]:
+    """Time the issue's reference loop: decode, then ``label`` and ``regionprops``.
+
+    Every mask file of the cycled items is decoded, its non-zero pixels (any channel)
+    labelled with 8-connectivity, and box, area, centroid, eccentricity, solidity,
+    orientation and perimeter read for every component, one region at a time. This is
+    the straightforward way to get the measurements, for comparison, not the pipeline.
+    """
+    from skimage.measure import label, regionprops
+
+    loaded = load_manifest(manifest_path, root)
+    items = repeated(discover(loaded.manifest, loaded.root).items, count)
+    started = time.perf_counter()
+    regions = 0
+    for item in items:
+        with Image.open(loaded.root / item.image) as image:
+            np.asarray(image)
+        for relative in item.all_masks:
+            with Image.open(loaded.root / relative) as image:
+                mask = np.asarray(image)
+            foreground = mask.any(axis=2) if mask.ndim == 3 else mask > 0
+            for region in regionprops(label(foreground, connectivity=2)):
+                _ = (region.bbox, region.area, region.centroid, region.eccentricity,
+                     region.solidity, region.orientation, region.perimeter)
+                regions += 1
+    return {"images": count, "regions": regions, "seconds": time.perf_counter() - started}
+
+
 def repeated(items: list[ImageItem], count: int) -> list[ImageItem]:
     """Cycle ``items`` to ``count`` images, each copy under its own case id.
 
@@ -290,6 +318,10 @@ def render_steady(steady: dict[str, Any]) -> list[str]:
         "share of decode-only |",
         "|---|---|---|---|---|---|---|",
     ]
+    reference = [
+        "| dataset | decode-only img/s | label + regionprops img/s | share of decode-only |",
+        "|---|---|---|---|",
+    ]
     stage_lines = [
         "| dataset | " + " | ".join(_STAGES) + " | run total |",
         "|---|" + "---|" * (len(_STAGES) + 1),
@@ -298,6 +330,12 @@ def render_steady(steady: dict[str, Any]) -> list[str]:
     for name, entry in steady.items():
         decode = entry["decode"]
         decode_rate = decode["images"] / decode["seconds"]
+        if "regionprops" in entry:
+            plain = entry["regionprops"]["images"] / entry["regionprops"]["seconds"]
+            reference.append(
+                f"| {name} | {decode_rate:,.0f} | {plain:,.1f} | "
+                f"{100 * plain / decode_rate:.0f} % |"
+            )
         for label, run in entry["runs"].items():
             rate = run["images"] / run["seconds"]
             lines.append(
@@ -319,6 +357,10 @@ def render_steady(steady: dict[str, Any]) -> list[str]:
         )
     return [
         *lines,
+        "",
+        "The reference loop (decode, then skimage `label` and `regionprops` per mask):",
+        "",
+        *reference,
         "",
         "Stage times of the w1 runs in ms per image (run total: wall time of the run "
         "divided by its images):",
@@ -381,7 +423,11 @@ def main() -> None:
             if not root.is_dir():
                 continue
             manifest = REPO / "datasets" / f"{name}.yaml"
-            entry = {"decode": decode_only(manifest, root, args.steady), "runs": {}}
+            entry = {
+                "decode": decode_only(manifest, root, args.steady),
+                "regionprops": plain_regionprops(manifest, root, args.steady),
+                "runs": {},
+            }
             for label, workers in (("w1", 1), (f"w{default_workers()}", None)):
                 out = args.work / "out" / f"steady-{name}-{label}"
                 entry["runs"][label] = steady_run(manifest, root, out, args.steady, workers)
