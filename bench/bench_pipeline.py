@@ -327,6 +327,7 @@ def render_steady(steady: dict[str, Any]) -> list[str]:
         "|---|" + "---|" * (len(_STAGES) + 1),
     ]
     totals: dict[str, list[float]] = {}
+    plain_totals = [0.0, 0.0]
     for name, entry in steady.items():
         decode = entry["decode"]
         decode_rate = decode["images"] / decode["seconds"]
@@ -336,6 +337,8 @@ def render_steady(steady: dict[str, Any]) -> list[str]:
                 f"| {name} | {decode_rate:,.0f} | {plain:,.1f} | "
                 f"{100 * plain / decode_rate:.0f} % |"
             )
+            plain_totals[0] += decode["seconds"]
+            plain_totals[1] += entry["regionprops"]["seconds"]
         for label, run in entry["runs"].items():
             rate = run["images"] / run["seconds"]
             lines.append(
@@ -354,6 +357,10 @@ def render_steady(steady: dict[str, Any]) -> list[str]:
         lines.append(
             f"| all five | – | – | {label} | {run_seconds:.2f} | – | "
             f"{100 * decode_seconds / run_seconds:.0f} % |"
+        )
+    if plain_totals[1]:
+        reference.append(
+            f"| all five | – | – | {100 * plain_totals[0] / plain_totals[1]:.0f} % |"
         )
     return [
         *lines,
