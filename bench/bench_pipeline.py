@@ -100,7 +100,7 @@ def decode_only(
 
 
 def plain_regionprops(manifest_path: Path, root: Path, count: int) -> dict[str, Any]:
-    """Time the issue's reference loop: decode, then ``label`` and ``regionprops``.
+    """Time a reference loop: decode, then skimage ``label`` and ``regionprops`` per mask.
 
     Every mask file of the cycled items is decoded, its non-zero pixels (any channel)
     labelled with 8-connectivity, and box, area, centroid, eccentricity, solidity,
@@ -130,7 +130,7 @@ def plain_regionprops(manifest_path: Path, root: Path, count: int) -> dict[str, 
 def repeated(items: list[ImageItem], count: int) -> list[ImageItem]:
     """Cycle ``items`` to ``count`` images, each copy under its own case id.
 
-    The copies read the same files, so a small sample stands in for a dataset of
+    The copies read the same files, so a small sample is timed like a dataset of
     ``count`` images; distinct case ids keep their records apart.
     """
     return [

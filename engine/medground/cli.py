@@ -35,7 +35,7 @@ def _fail(message: str) -> None:
 
 
 class _LazyGroup(click.Group):
-    """A group whose listed subcommands are imported only when one of them is asked for.
+    """A group that imports each listed subcommand only when that subcommand is requested.
 
     ``mgr run`` then starts without importing the evaluation, export, audit and rule
     tools (SciPy's optimiser among them), which took about half a second.

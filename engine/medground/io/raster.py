@@ -91,9 +91,9 @@ def read_raster(
 def colour_planes(array: np.ndarray) -> np.ndarray:
     """Return the colour channels of an ``(H, W, C)`` array as contiguous ``(3, H, W)`` planes.
 
-    One copy; then each pass over a channel reads contiguous memory, which is several
-    times faster than the strided channels of the interleaved array when an array is
-    passed over more than once.
+    This costs one copy. After it, each pass over a channel reads contiguous memory,
+    several times faster than the strided channels of the interleaved array, so the copy
+    pays off when an array is read more than once.
     """
     return np.ascontiguousarray(np.moveaxis(array[:, :, :3], 2, 0))
 
