@@ -180,6 +180,21 @@ def test_bad_input_is_recorded(
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     assert "1 record accepted" in result.output
+    assert f"1 input without a usable target (1 {rule_id})" in result.output
     assert row.height == 1, rejected.to_dicts()
     assert row.item(0, "stage") == stage
     assert named in row.item(0, "message")
+
+
+def test_run_without_records_exits_1(tmp_path: Path) -> None:
+    manifest = tiny_dataset(tmp_path)
+    write_image(tmp_path / "labels" / "good0.png", np.zeros((80, 96), np.uint8))
+    _truncated_png(tmp_path)
+    result = invoke("run", manifest, "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "0 records accepted" in result.output
+    assert "2 inputs without a usable target" in result.output
+    assert "1 objects.empty_mask" in result.output
+    assert "1 load.unreadable_image" in result.output
+    assert "no record was accepted" in result.output

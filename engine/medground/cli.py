@@ -184,9 +184,10 @@ def run(
 ) -> None:
     """Run the whole pipeline for one dataset manifest.
 
-    Exit status 2 means the run could not start or failed; 3 means a VLM stage stopped
-    it early (cost cap, or calls that failed after their retries). The outputs then hold
-    the batches finished so far, and the same command resumes the run.
+    Exit status 1 means the run finished but accepted no record (report.md lists every
+    rejection with its reason). 2 means the run could not start or failed. 3 means a
+    VLM stage stopped it early (cost cap, or calls that failed after their retries); the
+    outputs then hold the batches finished so far, and the same command resumes the run.
     """
     from medground.executors import ExecutorError
     from medground.runner import RunError, RunOptions
@@ -235,6 +236,13 @@ def run(
     if summary.stopped:
         click.echo(f"run stopped early: {summary.stopped}", err=True)
         sys.exit(3)
+    if summary.accepted == 0:
+        click.echo(
+            f"no record was accepted; {summary.out / 'report.md'} lists every rejection "
+            "with its reason",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @main.command()

@@ -209,4 +209,6 @@ def write_outputs(
         volumes=pipeline.loaded.manifest.volume is not None,
         rejected_by_stage=by_stage,
         removed_components=removed,
+        inputs_without_target=store.input_rejection_counts(),
+        skipped_files=store.skipped_file_count(),
     )

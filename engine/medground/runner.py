@@ -276,6 +276,9 @@ class RunSummary:
     volumes: bool = False
     rejected_by_stage: dict[str, int] = field(default_factory=dict)
     removed_components: int = 0
+    # rule id -> inputs (images, slices, unpaired files) rejected whole by that rule
+    inputs_without_target: dict[str, int] = field(default_factory=dict)
+    skipped_files: int = 0
 
     def describe(self) -> str:
         """Return the one-line summary the CLI prints."""
@@ -284,13 +287,15 @@ class RunSummary:
             for stage, n in self.rejected_by_stage.items()
             if stage in ("synthesis", "format", "rules", "judge")
         )
-        no_target = (
-            sum(
-                n
-                for stage, n in self.rejected_by_stage.items()
-                if stage in ("discover", "load", "objects")
-            )
-            - self.removed_components
+        no_target = sum(self.inputs_without_target.values())
+        reasons = [f"{n} {rule_id}" for rule_id, n in self.inputs_without_target.items()]
+        if len(reasons) > 3:
+            reasons = [*reasons[:3], f"{len(reasons) - 3} more rules"]
+        because = f" ({', '.join(reasons)})" if reasons else ""
+        skipped = (
+            f", {plural(self.skipped_files, 'mask file')} skipped"
+            if self.skipped_files
+            else ""
         )
         source = (
             f"{plural(self.images, 'slice')} of {plural(self.sources, 'volume')}"
@@ -299,9 +304,9 @@ class RunSummary:
         )
         return (
             f"{plural(self.accepted, 'record')} accepted, {plural(candidates, 'candidate')} "
-            f"rejected, {plural(no_target, 'input')} without a usable target, "
-            f"{plural(self.removed_components, 'small component')} removed; from {source} "
-            f"in {self.seconds:.1f} s"
+            f"rejected, {plural(no_target, 'input')} without a usable target{because}, "
+            f"{plural(self.removed_components, 'small component')} removed{skipped}; "
+            f"from {source} in {self.seconds:.1f} s"
         )
 
 
@@ -429,7 +434,8 @@ def _run_pipeline(
                 progress.advance("commit", len(batch))
                 logger.log(
                     logging.DEBUG if show else logging.INFO,
-                    "batch %d/%d: %d records, %d rejections",
+                    "batch %d/%d: %d records accepted, %d rejections (including removed "
+                    "small components)",
                     number + 1,
                     len(batches),
                     len(records),

@@ -182,6 +182,27 @@ class RunStore:
             orient="row",
         )
 
+    def input_rejection_counts(self) -> dict[str, int]:
+        """Count, per rule, the inputs rejected whole, most frequent rule first.
+
+        An input is an image, a slice or an unpaired file: rejections at discovery, and
+        load or objects rejections keyed by the input itself. Rejections of one part of
+        an input (a removed small component, a skipped mask file) are not counted.
+        """
+        rows = self.connection.execute(
+            "SELECT rule_id, COUNT(*) AS count FROM rejections "
+            "WHERE stage = 'discover' OR (stage IN ('load', 'objects') AND key = image_key) "
+            "GROUP BY rule_id ORDER BY count DESC, rule_id"
+        ).fetchall()
+        return {rule_id: count for rule_id, count in rows}
+
+    def skipped_file_count(self) -> int:
+        """Count the mask files left out on purpose (a label mapped to null)."""
+        (count,) = self.connection.execute(
+            "SELECT COUNT(*) FROM rejections WHERE stage = 'load' AND key <> image_key"
+        ).fetchone()
+        return int(count)
+
     def batch_stats(self) -> list[dict[str, Any]]:
         """Return the statistics of every committed batch, in batch order."""
         return [

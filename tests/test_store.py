@@ -1,0 +1,36 @@
+"""Run state in SQLite: counts of inputs rejected whole and of parts left out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medground.store import RunStore
+
+
+def _rejection(key: str, image_key: str | None, stage: str, rule_id: str) -> dict[str, str | None]:
+    return {"key": key, "image_key": image_key, "stage": stage, "rule_id": rule_id,
+            "message": f"{key}: {rule_id}"}
+
+
+def test_input_counts_leave_out_parts(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run.sqlite")
+    try:
+        store.commit_batch(0, 4, [], [
+            _rejection("ds/a.png", None, "discover", "discover.unpaired_image"),
+            _rejection("ds/b", "ds/b", "load", "load.unreadable_image"),
+            _rejection("ds/c", "ds/c", "objects", "objects.empty_mask"),
+            _rejection("ds/d", "ds/d", "objects", "objects.empty_mask"),
+            # Parts of inputs that still have targets:
+            _rejection("ds/e/removed/lesion/3-4", "ds/e", "objects", "objects.min_object_size"),
+            _rejection("ds/e/roi/e_R2_Label.bmp", "ds/e", "load", "load.skipped_label"),
+            # A candidate query, rejected after its input gave a target:
+            _rejection("ds/e/t0/q0", "ds/e", "rules", "geometry.tiny_box"),
+        ], {"images": 4})
+        assert store.input_rejection_counts() == {
+            "objects.empty_mask": 2,
+            "discover.unpaired_image": 1,
+            "load.unreadable_image": 1,
+        }
+        assert store.skipped_file_count() == 1
+    finally:
+        store.close()
