@@ -34,3 +34,31 @@ def test_input_counts_leave_out_parts(tmp_path: Path) -> None:
         assert store.skipped_file_count() == 1
     finally:
         store.close()
+
+
+def test_stray_temporaries_are_removed(tmp_path: Path) -> None:
+    from medground.store import remove_stray_temporaries
+
+    stray = tmp_path / ".records.jsonl.0123456789abcdef0123456789abcdef.tmp"
+    stray.write_text("half a record")
+    kept = [tmp_path / "records.jsonl", tmp_path / ".notes.tmp", tmp_path / "a.tmp"]
+    for path in kept:
+        path.write_text("user data")
+    assert remove_stray_temporaries(tmp_path) == [stray]
+    assert not stray.exists()
+    assert all(path.exists() for path in kept)
+
+
+def test_rerun_removes_stray_temporaries(tmp_path: Path) -> None:
+    from support import invoke, tiny_dataset
+
+    manifest = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--out", out).exit_code == 0
+    # What a SIGKILL during the final write of samples.parquet leaves behind:
+    stray = out / "tiny" / ".samples.parquet.0123456789abcdef0123456789abcdef.tmp"
+    stray.write_bytes(b"PAR1")
+    result = invoke("run", manifest, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert not stray.exists()
+    assert (out / "tiny" / "samples.parquet").is_file()

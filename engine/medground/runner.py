@@ -60,7 +60,7 @@ from medground.progress import StageProgress, stderr_is_terminal
 from medground.resources import load_schema
 from medground.samples import build_record, sample_row, target_cues
 from medground.split import assign_splits
-from medground.store import RunStore
+from medground.store import RunStore, remove_stray_temporaries
 from medground.synth.base import ClassInfo, DatasetInfo, SynthesisRequest, Synthesizer
 from medground.synth.template import TemplateSynthesizer
 from medground.targets import RELATIONS
@@ -364,6 +364,12 @@ def _run_pipeline(
     manifest = pipeline.loaded.manifest
     out = options.out_dir / manifest.name
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "preview"):
+        stray = remove_stray_temporaries(folder)
+        if stray:
+            logger.info(
+                "removed %d temporary file(s) left in %s by an interrupted run", len(stray), folder
+            )
 
     discovery = discover(manifest, pipeline.loaded.root)
     items = discovery.items[: options.limit] if options.limit else discovery.items

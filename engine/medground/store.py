@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -229,6 +230,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# The name atomic_path gives its temporary files: ".<final name>.<uuid4 hex>.tmp".
+_TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+
+
+def remove_stray_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed writer left in ``folder``; return them.
+
+    Only names of the form :func:`atomic_path` creates are touched, and only directly in
+    ``folder``. Call it before writing there, never while another writer may be working.
+    """
+    if not folder.is_dir():
+        return []
+    stray = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY_NAME.match(p.name)]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
 
 
 def write_text_atomic(path: Path, text: str) -> None:
