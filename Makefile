@@ -4,25 +4,35 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The package alone runs the demo; the dev extra adds the test and lint tools.
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(BASE_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing medground into $(VENV) (first run only, about a minute)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(BASE_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing medground with its dev extra into $(VENV) (first run only, a few minutes)"
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV_STAMP) $(BASE_STAMP)
 
 .PHONY: install demo test lint
-install: $(STAMP)
+install: $(BASE_STAMP)
 
-demo: $(STAMP)
-	$(BIN)/mgr demo demo-data
+demo: $(BASE_STAMP)
+	$(BIN)/mgr demo demo-data --overwrite
 	$(BIN)/mgr run demo-data/demo.yaml --out out
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check engine tests bench
 	$(BIN)/mypy engine/medground

@@ -198,3 +198,17 @@ def test_run_without_records_exits_1(tmp_path: Path) -> None:
     assert "1 objects.empty_mask" in result.output
     assert "1 load.unreadable_image" in result.output
     assert "no record was accepted" in result.output
+
+
+def test_demo_keeps_a_folder_with_files(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    assert invoke("demo", folder, "--images", "2").exit_code == 0
+    manifest = folder / "demo.yaml"
+    manifest.write_text("# edited by hand\n", encoding="utf-8")
+    refused = invoke("demo", folder, "--images", "2")
+    assert refused.exit_code == 2
+    assert "not empty" in refused.output and "--overwrite" in refused.output
+    assert manifest.read_text(encoding="utf-8") == "# edited by hand\n"
+    replaced = invoke("demo", folder, "--images", "2", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert "edited by hand" not in manifest.read_text(encoding="utf-8")

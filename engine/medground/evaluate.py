@@ -610,7 +610,11 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
     type=click.Choice(box_ops.SPACES),
     default=None,
     help="Coordinate space of the predicted numbers; overrides the format's own space. "
-    "Required for --format json.",
+    "Required for --format json. pixels: x0, y0, x1, y1 in original pixels; norm1000 and "
+    "norm1: the same scaled to 0..1000 or 0..1 of the width and height; resized: pixels "
+    "of the image as resized for the model (Qwen2-VL style); florence-loc: Florence-2 "
+    "location bins 0..999; percent: Label Studio x, y, width, height in percent; "
+    "coco-xywh: x, y, width, height in pixels.",
 )
 @click.option(
     "--markup",
