@@ -27,7 +27,7 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 install: $(BASE_STAMP)
 
 demo: $(BASE_STAMP)
-	$(BIN)/mgr demo demo-data --overwrite
+	$(BIN)/mgr demo demo-data --force
 	$(BIN)/mgr run demo-data/demo.yaml --out out
 
 test: $(DEV_STAMP)

@@ -318,19 +318,19 @@ def preview(run_dir: Path, count: int, seed: int) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
 @click.option(
-    "--overwrite",
+    "--force",
     is_flag=True,
     help="Write into DIRECTORY even when it is not empty, replacing the demo's files.",
 )
-def demo(directory: Path, count: int, seed: int, overwrite: bool) -> None:
+def demo(directory: Path, count: int, seed: int, force: bool) -> None:
     """Write a synthetic dataset (images, label masks, manifest) for a first run."""
     from medground.demo import write_demo
 
     if directory.exists() and not directory.is_dir():
         _fail(f"{directory} is a file; give a folder for the demo dataset")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+    if directory.is_dir() and any(directory.iterdir()) and not force:
         _fail(
-            f"{directory} is not empty; choose a new folder, or pass --overwrite to replace "
+            f"{directory} is not empty; choose a new folder, or pass --force to replace "
             "its demo.yaml, images/ and labels/"
         )
     manifest = write_demo(directory, count=count, seed=seed)

@@ -38,13 +38,7 @@ def audit_group() -> None:
 
 @audit_group.command("sample")
 @click.argument("run_dirs", nargs=-1, required=True, type=_EXISTING_DIR)
-@click.option(
-    "--n",
-    "n",
-    type=click.IntRange(min=1),
-    required=True,
-    help="Number of accepted records to sample.",
-)
+@click.option("--n", "n", type=int, required=True, help="Number of accepted records to sample.")
 @click.option(
     "--by",
     default="dataset,task",
@@ -55,7 +49,7 @@ def audit_group() -> None:
 @click.option(
     "--include-rejected",
     "include_rejected",
-    type=click.IntRange(min=0),
+    type=int,
     default=0,
     show_default=True,
     help="Number of rejected candidates to add, to estimate the false-rejection rate.",
