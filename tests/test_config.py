@@ -66,10 +66,12 @@ def test_valid_manifest_loads(tmp_path: Path) -> None:
                      r"toy.yaml:10:5: masks.0.threshold: expected an integer, got 'high'",
                      id="wrong-type-in-union-branch"),
         pytest.param("    class: polyp", "    class: adenoma",
-                     r"masks.0 names class 'adenoma', which is not in classes",
+                     r"toy.yaml:9:5: masks.0.class: masks.0 names class 'adenoma', which is "
+                     r"not in classes",
                      id="class-not-declared"),
         pytest.param("    path: masks/{stem}.png", "    path: masks/{stm}.png",
-                     r"unknown placeholder '\{stm\}'",
+                     r"toy.yaml:8:5: masks.0.path: masks.0.path uses unknown placeholder "
+                     r"'\{stm\}'",
                      id="unknown-placeholder"),
         pytest.param("name: toy", "name: toy\nname: other",
                      r"duplicate key 'name'", id="duplicate-key"),
@@ -128,3 +130,20 @@ def test_phrasing_jinja_syntax_error(tmp_path: Path) -> None:
 def test_schema_is_valid_json() -> None:
     schema = json.loads((resource_dir("schemas") / "record.schema.json").read_text())
     assert schema["properties"]["task"]["enum"] == ["single", "multi", "relation"]
+
+
+def test_undeclared_label_class_points_at_its_line(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "  - encoding: binary\n    path: masks/{stem}.png\n    class: polyp",
+        "  - encoding: label_map\n    path: masks/{stem}.png\n    labels: {1: polyp, 2: adenom}",
+    )
+    with pytest.raises(ConfigError, match=r"toy.yaml:9:\d+: masks.0.labels.2: .*'adenom'"):
+        load_manifest(write_manifest(tmp_path, text))
+
+
+def test_missing_rules_file_points_at_its_entry(tmp_path: Path) -> None:
+    from medground.runner import load_pipeline
+
+    path = write_manifest(tmp_path, VALID + "rules: [geometry.yaml, nothere.yaml]\n")
+    with pytest.raises(ConfigError, match=r"toy.yaml:12:\d+: rules.1: rules file 'nothere.yaml'"):
+        load_pipeline(path)

@@ -203,14 +203,28 @@ def load_pipeline(
             problems.extend(exc.problems)
             return None
 
-    cues_path = attempt("cues", lambda: resolve_declared_file(manifest.cues, "rules", loaded.file))
+    document = loaded.source
+    cues_path = attempt(
+        "cues",
+        lambda: resolve_declared_file(
+            manifest.cues, "rules", loaded.file, (document, ("cues",))
+        ),
+    )
     cues = attempt("cues", lambda: load_cues(cues_path)) if cues_path else None
     rule_paths = [
-        attempt("rules", lambda n=name: resolve_declared_file(n, "rules", loaded.file))
-        for name in manifest.rules
+        attempt(
+            "rules",
+            lambda n=name, i=index: resolve_declared_file(
+                n, "rules", loaded.file, (document, ("rules", i))
+            ),
+        )
+        for index, name in enumerate(manifest.rules)
     ]
     lexicon_path = attempt(
-        "lexicon", lambda: resolve_declared_file(manifest.lexicon, "rules", loaded.file)
+        "lexicon",
+        lambda: resolve_declared_file(
+            manifest.lexicon, "rules", loaded.file, (document, ("lexicon",))
+        ),
     )
     lexicon = attempt("lexicon", lambda: load_lexicon(lexicon_path)) if lexicon_path else None
     rules = None
@@ -233,7 +247,9 @@ def load_pipeline(
         )
         phrasing_path = attempt(
             "phrasings",
-            lambda: resolve_declared_file(template.phrasings, "prompts", loaded.file),
+            lambda: resolve_declared_file(
+                template.phrasings, "prompts", loaded.file, (document, ("synthesizer", "phrasings"))
+            ),
         )
         if phrasing_path:
             synthesizer = attempt(

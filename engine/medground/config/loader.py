@@ -107,8 +107,16 @@ def load_manifest(path: Path, root_override: Path | None = None) -> LoadedManife
     return LoadedManifest(manifest, path, sha256, root, loaded)
 
 
-def resolve_declared_file(name: str, kind: ResourceKind, relative_to: Path) -> Path:
+def resolve_declared_file(
+    name: str,
+    kind: ResourceKind,
+    relative_to: Path,
+    declared_at: tuple[LoadedYaml, PathKey] | None = None,
+) -> Path:
     """Find a declared file: a path relative to the declaring file, else a built-in name.
+
+    ``declared_at`` is the declaring document and the key that names the file, so that
+    an error gives its line and column.
 
     Raises:
         ConfigError: naming the built-in files when neither exists.
@@ -120,15 +128,14 @@ def resolve_declared_file(name: str, kind: ResourceKind, relative_to: Path) -> P
     if builtin.is_file():
         return builtin
     available = sorted(p.name for p in resource_dir(kind).glob("*.yaml"))
-    raise ConfigError(
-        [
-            Problem(
-                relative_to,
-                f"{kind} file '{name}' not found next to this file or among the "
-                f"built-in ones; {suggest(name, available)}available: {choices_text(available)}",
-            )
-        ]
+    message = (
+        f"{kind} file '{name}' not found next to this file or among the "
+        f"built-in ones; {suggest(name, available)}available: {choices_text(available)}"
     )
+    if declared_at is not None:
+        document, key = declared_at
+        raise ConfigError([document.problem(key, message)])
+    raise ConfigError([Problem(relative_to, message)])
 
 
 def load_lexicon(path: Path) -> Lexicon:

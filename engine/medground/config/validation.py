@@ -8,6 +8,7 @@ pydantic then runs the cross-field checks and builds the typed object.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -195,12 +196,57 @@ def _pydantic_problems(loaded: LoadedYaml, exc: pydantic.ValidationError) -> lis
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
+            if not path:
+                path = _message_path(loaded.data, message)
         elif err["type"] == "extra_forbidden":
             message = f"unknown key '{path[-1]}'; remove it or check its spelling"
         else:
             message = f"invalid value {err.get('input')!r}: {message}"
         problems.append(loaded.problem(path, message))
     return problems
+
+
+# A cross-field check names the key it is about first: "masks.0 names class 'kyst', ...".
+_LEADING_KEY = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)*)\b")
+_QUOTED = re.compile(r"'([^']+)'")
+
+
+def _message_path(data: Any, message: str) -> PathKey:
+    """Return the document path that a model-level error message starts with, if any.
+
+    When the message also quotes a value that occurs under that path (a class name in a
+    label map, say), the path of that value is returned, so the error points at its line.
+    """
+    match = _LEADING_KEY.match(message)
+    if match is None:
+        return ()
+    loc = tuple(int(part) if part.isdigit() else part for part in match.group(1).split("."))
+    path = _yaml_path(data, loc)
+    if len(path) != len(loc):
+        return ()
+    node = data
+    for part in path:
+        node = node[part]
+    for quoted in _QUOTED.findall(message[match.end() :]):
+        found = _find_value(node, quoted)
+        if found is not None:
+            return (*path, *found)
+    return path
+
+
+def _find_value(node: Any, value: str) -> PathKey | None:
+    """Return the path, below ``node``, of the first scalar equal to ``value``."""
+    if isinstance(node, dict):
+        items: Iterator[tuple[Any, Any]] = iter(node.items())
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return () if str(node) == value else None
+    for key, child in items:
+        found = _find_value(child, value)
+        if found is not None:
+            return (key, *found)
+    return None
 
 
 def _yaml_path(data: Any, loc: tuple[Any, ...]) -> PathKey:
