@@ -184,7 +184,8 @@ def render_report(
     lines += [
         "## Timings",
         "",
-        "Seconds summed over batches (this run's batches only when it resumed).",
+        "Seconds summed over every batch in run.sqlite, including batches that an earlier, "
+        "interrupted run committed, so after a resume they can exceed this run's wall time.",
         "",
     ]
     rows = [(stage, f"{t:.3f}", f"{1000 * t / images:.2f}") for stage, t in timings.items()]
