@@ -207,7 +207,8 @@ def test_demo_keeps_a_folder_with_files(tmp_path: Path) -> None:
     manifest.write_text("# edited by hand\n", encoding="utf-8")
     refused = invoke("demo", folder, "--images", "2")
     assert refused.exit_code == 2
-    assert "not empty" in refused.output and "--force" in refused.output
+    assert "not empty" in refused.output
+    assert "--force" in refused.output
     assert manifest.read_text(encoding="utf-8") == "# edited by hand\n"
     replaced = invoke("demo", folder, "--images", "2", "--force")
     assert replaced.exit_code == 0, replaced.output

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _crowded_dataset(folder: Path, cases: int = 4) -> Path:
-    """Write images whose label maps hold 6 to 11 separate squares of varied size."""
+    """Write images whose label maps contain 6 to 11 squares of varied size."""
     rng = np.random.default_rng(11)
     for index in range(cases):
         labels = np.zeros((120, 160), np.uint8)
