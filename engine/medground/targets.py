@@ -94,12 +94,8 @@ def select_targets(
         if spec.multi and len(group) <= spec.max_multi_objects:
             targets.append(_target("multi", name, group, None))
         if spec.relation and spec.max_relation_per_class > 0:
-            options = [
-                (relation, row)
-                for relation in _allowed_relations(manifest)
-                for row in group
-                if row.get(f"is_{relation}")
-            ]
+            flags = [(relation, f"is_{relation}") for relation in _allowed_relations(manifest)]
+            options = [(relation, row) for relation, flag in flags for row in group if row.get(flag)]
             if len(options) > spec.max_relation_per_class:
                 picked = sorted(rng.sample(range(len(options)), spec.max_relation_per_class))
                 options = [options[i] for i in picked]
