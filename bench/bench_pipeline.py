@@ -32,12 +32,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import psutil
-from PIL import Image
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "engine"))
+
+# The in-process runs below must use the thread settings that `mgr` sets for itself.
+from medground.threads import use_one_native_thread  # noqa: E402
+
+use_one_native_thread()
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from medground import runner  # noqa: E402
 from medground.config.loader import load_manifest  # noqa: E402

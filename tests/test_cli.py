@@ -213,3 +213,24 @@ def test_demo_keeps_a_folder_with_files(tmp_path: Path) -> None:
     replaced = invoke("demo", folder, "--images", "2", "--force")
     assert replaced.exit_code == 0, replaced.output
     assert "edited by hand" not in manifest.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("3", "3")], ids=["unset", "user"])
+def test_cli_limits_blas_threads(preset: str | None, expected: str) -> None:
+    code = (
+        "import os, sys; import medground.cli; "
+        "print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)"
+    )
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "engine")
+    if preset is not None:
+        environment["OPENBLAS_NUM_THREADS"] = preset
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment
+    )
+    threads, numpy_loaded = result.stdout.split()
+    assert threads == expected
+    # OpenBLAS reads the variable when NumPy loads it, so NumPy must not be loaded yet.
+    assert numpy_loaded == "False"

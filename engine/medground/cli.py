@@ -11,7 +11,12 @@ from typing import Literal
 import click
 
 from medground import __version__
-from medground.config.errors import ConfigError
+from medground.threads import use_one_native_thread
+
+# Before anything imports NumPy: the subcommands import it lazily.
+use_one_native_thread()
+
+from medground.config.errors import ConfigError  # noqa: E402
 
 logger = logging.getLogger("medground")
 
