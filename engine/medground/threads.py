@@ -2,9 +2,9 @@
 
 The per-image stages run in parallel over worker processes. Threads that NumPy's
 OpenBLAS (or MKL, or an OpenMP runtime) starts inside each process only compete with
-those workers for the same cores, and idle OpenBLAS threads keep spinning: on 2 cores,
+those workers for the same cores, and idle OpenBLAS threads keep spinning. On 2 cores,
 a Kvasir-SEG run with 2 workers took 1.7 times as long with OpenBLAS's default thread
-count as with one thread (``bench/bench_pipeline.py`` steady state). The libraries read
+count as with one thread (``bench/bench_pipeline.py``, steady state). The libraries read
 these variables when they are loaded, so :func:`use_one_native_thread` must run before
 NumPy is imported.
 """
