@@ -71,7 +71,7 @@ class ImageResult:
 class _Object:
     row: dict[str, Any]
     components: Components
-    component_ids: list[int]
+    label_id: int  # the object's value in ``components.labels``
 
 
 def image_key_for(dataset: str, item: ImageItem) -> str:
@@ -105,11 +105,21 @@ def process_image(
         result.reject("load", f"load.{skip.rule_id}", skip.message, key=f"{key}/{skip.file}")
     result.orientation = manifest.orientation
     result.timings["load"] = time.perf_counter() - clock
+    _objects_then_targets(result, manifest, class_masks, raster.array, selection)
+    return result
+
+
+def _objects_then_targets(
+    result: ImageResult,
+    manifest: Manifest,
+    class_masks: list[ClassMask],
+    pixels: np.ndarray,
+    selection: TargetSelection,
+) -> None:
     clock = time.perf_counter()
     objects = _find_objects(result, manifest, class_masks)
     result.timings["objects"] = time.perf_counter() - clock
-    selection.add(result, objects, raster.array)
-    return result
+    selection.add(result, objects, pixels)
 
 
 @dataclass
@@ -238,10 +248,7 @@ def process_volume(
             for label_id, name_ in sorted(volume_slice.class_names.items())
             if (volume_slice.labels == label_id).any()
         ]
-        clock = time.perf_counter()
-        objects = _find_objects(result, manifest, class_masks)
-        result.timings["objects"] = time.perf_counter() - clock
-        selection.add(result, objects, volume_slice.image)
+        _objects_then_targets(result, manifest, class_masks, volume_slice.image, selection)
         results.append(result)
     if not results:
         empty = ImageResult(item.index, key, item.image, str(root / item.image), item.all_masks)
@@ -353,7 +360,7 @@ def _object_rows(result: ImageResult, class_mask: ClassMask, comps: Components) 
             "evidence_cnr": None,
             "evidence_edge": None,
         }
-        objects.append(_Object(row, comps, [label_id]))
+        objects.append(_Object(row, comps, label_id))
     return objects
 
 
@@ -422,8 +429,7 @@ def _describe(obj: _Object, grey: GreyImage | None, value_range: tuple[float, fl
     """Add shape descriptors and image evidence to an object that a query will describe."""
     row = obj.row
     labels = obj.components.labels_in((row["x0"], row["y0"], row["x1"], row["y1"]))
-    ids = obj.component_ids
-    crop = labels == ids[0] if len(ids) == 1 else np.isin(labels, ids)
+    crop = labels == obj.label_id
     shape = shape_descriptors(crop)
     row["eccentricity"] = shape.eccentricity
     row["orientation_deg"] = shape.orientation_deg

@@ -59,6 +59,17 @@ class Components:
         return np.isin(self.labels, self.label_ids)
 
 
+def foreground_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Return the row and column slices of a mask's foreground, or None for an empty mask."""
+    row_hits = np.flatnonzero(mask.any(axis=1))
+    if row_hits.size == 0:
+        return None
+    col_hits = np.flatnonzero(mask.any(axis=0))
+    rows = slice(int(row_hits[0]), int(row_hits[-1]) + 1)
+    cols = slice(int(col_hits[0]), int(col_hits[-1]) + 1)
+    return rows, cols
+
+
 def find_components(mask: np.ndarray, connectivity: int) -> Components:
     """Label the connected components of a boolean ``(H, W)`` mask and measure each.
 
@@ -68,15 +79,13 @@ def find_components(mask: np.ndarray, connectivity: int) -> Components:
     """
     # Label only the foreground's bounding region: most lesion masks cover a small part
     # of the image, and every later pass then runs over the crop.
-    row_hits = np.flatnonzero(mask.any(axis=1))
-    if row_hits.size == 0:
+    box = foreground_box(mask)
+    if box is None:
         return measure_labels(np.zeros((0, 0), np.int32), 0)
-    col_hits = np.flatnonzero(mask.any(axis=0))
-    top, bottom = int(row_hits[0]), int(row_hits[-1]) + 1
-    left, right = int(col_hits[0]), int(col_hits[-1]) + 1
-    crop = mask[top:bottom, left:right]
-    labels, count = label_components(crop, connectivity=connectivity, return_num=True)
-    return measure_labels(labels.astype(np.int32, copy=False), count, origin_xy=(left, top))
+    rows, cols = box
+    labels, count = label_components(mask[rows, cols], connectivity=connectivity, return_num=True)
+    origin_xy = (cols.start, rows.start)
+    return measure_labels(labels.astype(np.int32, copy=False), count, origin_xy=origin_xy)
 
 
 def measure_labels(
@@ -184,11 +193,10 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     box's border.
     """
     filled = mask.copy()
-    row_hits = np.flatnonzero(mask.any(axis=1))
-    if row_hits.size == 0:
+    bounds = foreground_box(mask)
+    if bounds is None:
         return filled
-    col_hits = np.flatnonzero(mask.any(axis=0))
-    box = filled[row_hits[0] : row_hits[-1] + 1, col_hits[0] : col_hits[-1] + 1]
+    box = filled[bounds]
     background, count = ndimage.label(~box)
     if count == 0:
         return filled
