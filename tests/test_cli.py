@@ -35,7 +35,8 @@ def test_run_starts_without_importing_the_other_tools() -> None:
     code = (
         "import sys; from medground.cli import main; "
         "main.get_command(None, 'run'); "
-        "print(','.join(sorted(m for m in sys.modules if m.startswith(('medground.', 'scipy.optimize')))))"
+        "prefixes = ('medground.', 'scipy.optimize'); "
+        "print(','.join(sorted(m for m in sys.modules if m.startswith(prefixes))))"
     )
     engine = str(Path(__file__).resolve().parents[1] / "engine")
     result = subprocess.run(

@@ -240,7 +240,7 @@ def test_vlm_chosen_target_gets_built(tmp_path: Path, data: Path) -> None:
         result = run_cli(manifest, "--out", tmp_path / "out")
 
     run_dir = tmp_path / "out" / "demo-phantom"
-    # Exit status 1 only says that no record was accepted.
+    # Exit status 1 only means that no record was accepted.
     assert result.exit_code == (0 if read_records(run_dir) else 1), result.output
     chosen = [
         *[r["id"] for r in read_records(run_dir)],

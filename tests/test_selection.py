@@ -53,7 +53,7 @@ def crowded(tmp_path: Path) -> tuple[Any, Path, Any, list[Any]]:
     return loaded.manifest, loaded.root, cues, items
 
 
-def test_crowded_images_wait_for_one_shared_cue_pass(crowded: tuple[Any, ...]) -> None:
+def test_crowded_images_wait_for_flush(crowded: tuple[Any, ...]) -> None:
     manifest, root, cues, items = crowded
     selection = TargetSelection(manifest, cues)
     results = [process_image(item, manifest, root, selection) for item in items]

@@ -41,12 +41,12 @@ def test_stray_temporaries_are_removed(tmp_path: Path) -> None:
 
     stray = tmp_path / ".records.jsonl.0123456789abcdef0123456789abcdef.tmp"
     stray.write_text("half a record")
-    kept = [tmp_path / "records.jsonl", tmp_path / ".notes.tmp", tmp_path / "a.tmp"]
-    for path in kept:
+    user_files = [tmp_path / "records.jsonl", tmp_path / ".notes.tmp", tmp_path / "a.tmp"]
+    for path in user_files:
         path.write_text("user data")
     assert remove_stray_temporaries(tmp_path) == [stray]
     assert not stray.exists()
-    assert all(path.exists() for path in kept)
+    assert all(path.exists() for path in user_files)
 
 
 def test_rerun_removes_stray_temporaries(tmp_path: Path) -> None:

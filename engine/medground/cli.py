@@ -13,7 +13,8 @@ import click
 from medground import __version__
 from medground.threads import use_one_native_thread
 
-# Before anything imports NumPy: the subcommands import it lazily.
+# This module imports no NumPy, and the subcommands import it only when they run, so the
+# thread limits are in place before NumPy loads OpenBLAS.
 use_one_native_thread()
 
 from medground.config.errors import ConfigError  # noqa: E402

@@ -95,7 +95,9 @@ def select_targets(
             targets.append(_target("multi", name, group, None))
         if spec.relation and spec.max_relation_per_class > 0:
             flags = [(relation, f"is_{relation}") for relation in _allowed_relations(manifest)]
-            options = [(relation, row) for relation, flag in flags for row in group if row.get(flag)]
+            options = [
+                (relation, row) for relation, flag in flags for row in group if row.get(flag)
+            ]
             if len(options) > spec.max_relation_per_class:
                 picked = sorted(rng.sample(range(len(options)), spec.max_relation_per_class))
                 options = [options[i] for i in picked]
