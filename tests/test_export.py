@@ -136,6 +136,22 @@ def test_qwen25vl_rows_carry_resized_size(
     assert "min_pixels=3136, max_pixels=12845056, factor=28" in readme
 
 
+def test_cli_resize_options_reach_export(tmp_path: Path) -> None:
+    run_dir, _ = make_run(tmp_path)
+    out = tmp_path / "export"
+    result = CliRunner().invoke(
+        export_command,
+        [str(run_dir), "--format", "qwen2.5-vl", "--out", str(out), "--max-pixels", "8000"],
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "test.jsonl").read_text().splitlines()[0])
+    assert (row["resized_width"], row["resized_height"]) == ResizeSettings(
+        max_pixels=8000
+    ).resized_size(200, 160)
+    assert (row["resized_width"], row["resized_height"]) != (196, 168)
+    assert "min_pixels=3136, max_pixels=8000, factor=28" in (out / "README.md").read_text()
+
+
 def test_qwen2vl_markup_text(run: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
     _, records = run
     out = tmp_path / "export"

@@ -46,6 +46,7 @@ from medground.export.predictions import (
     PredictionFileError,
     read_predictions,
 )
+from medground.export.resize_options import resize_options
 from medground.export.runs import (
     RecordFileError,
     load_runs,
@@ -629,27 +630,7 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
     show_default=True,
     help="Ground-truth split to score.",
 )
-@click.option(
-    "--min-pixels",
-    type=int,
-    default=box_ops.QWEN25VL_MIN_PIXELS,
-    show_default=True,
-    help="Qwen2.5-VL processor min_pixels, for predictions in the resized space.",
-)
-@click.option(
-    "--max-pixels",
-    type=int,
-    default=box_ops.QWEN25VL_MAX_PIXELS,
-    show_default=True,
-    help="Qwen2.5-VL processor max_pixels, for predictions in the resized space.",
-)
-@click.option(
-    "--factor",
-    type=int,
-    default=box_ops.QWEN25VL_FACTOR,
-    show_default=True,
-    help="Qwen2.5-VL patch factor (patch_size x merge_size), for the resized space.",
-)
+@resize_options
 @click.option(
     "--pair-by-order",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -670,9 +651,7 @@ def eval_command(
     space: str | None,
     markup: str | None,
     split: str,
-    min_pixels: int,
-    max_pixels: int,
-    factor: int,
+    resize: ResizeSettings,
     pair_by_order: Path | None,
     out_dir: Path,
 ) -> None:
@@ -680,7 +659,6 @@ def eval_command(
     try:
         loaded = load_runs(gt_paths)
         predictions = read_predictions(pred_path, format_name, markup, space, pair_by_order)
-        resize = ResizeSettings(factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         report = evaluate(loaded.records, predictions, split=split, resize=resize)
     except (RecordFileError, PredictionFileError, EvaluationError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -8,9 +8,9 @@ from typing import cast
 
 import click
 
-from medground import boxes as box_ops
 from medground.export.common import ExportError, ExportOptions, LinkMode, ResizeSettings
 from medground.export.formats import FORMATS, LLAMA_FACTORY_MARKUPS, export_records
+from medground.export.resize_options import resize_options
 from medground.export.runs import RecordFileError, load_runs
 
 logger = logging.getLogger(__name__)
@@ -52,27 +52,7 @@ logger = logging.getLogger(__name__)
     help="Box markup of the assistant responses, llama-factory only: the model family "
     "you fine-tune.",
 )
-@click.option(
-    "--min-pixels",
-    type=int,
-    default=box_ops.QWEN25VL_MIN_PIXELS,
-    show_default=True,
-    help="Qwen2.5-VL processor min_pixels used to compute resized boxes.",
-)
-@click.option(
-    "--max-pixels",
-    type=int,
-    default=box_ops.QWEN25VL_MAX_PIXELS,
-    show_default=True,
-    help="Qwen2.5-VL processor max_pixels used to compute resized boxes.",
-)
-@click.option(
-    "--factor",
-    type=int,
-    default=box_ops.QWEN25VL_FACTOR,
-    show_default=True,
-    help="Qwen2.5-VL patch factor (patch_size x merge_size) used to compute resized boxes.",
-)
+@resize_options
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -85,9 +65,7 @@ def export_command(
     out_dir: Path,
     link: str,
     markup: str | None,
-    min_pixels: int,
-    max_pixels: int,
-    factor: int,
+    resize: ResizeSettings,
     overwrite: bool,
 ) -> None:
     """Export the records of one or more runs to a VLM training format."""
@@ -105,7 +83,7 @@ def export_command(
         out_dir=out_dir,
         link=cast(LinkMode, link),
         markup=markup,
-        resize=ResizeSettings(factor=factor, min_pixels=min_pixels, max_pixels=max_pixels),
+        resize=resize,
         run_sources=tuple(path.resolve() for path in run_dirs),
     )
     try:
